@@ -1,0 +1,1 @@
+"""Breast-cancer multimodal fusion model zoo."""
