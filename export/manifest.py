@@ -1,0 +1,172 @@
+"""The export manifest (`<export dir>/manifest.json`): what each part file is, its tensors, and how to feed it.
+
+Schema (version 1) is documented in docs/cli/export.md. `load_manifest` validates it and the sha256 of every
+file for downstream users (Triton repository builder, clients, benchmarks).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from export.geometry import Geometry, config_value
+from export.signature import Signature, TORCH_DTYPES
+from zoo import spec
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+FORMATS = ("onnx", "torchscript")
+PRECISIONS = ("fp32", "fp16")
+REQUIRED_KEYS = ("schema_version", "format", "entry", "version", "modalities", "class_names", "precision",
+                 "parts", "preprocessing", "source_checkpoint", "parity")
+
+
+class ManifestError(ValueError):
+    """manifest.json is missing, malformed, or does not match the files next to it."""
+
+
+def preprocessing_constants(config: Mapping[str, Any], recorded: Mapping[str, Any] | None,
+                            modalities: tuple[str, ...]) -> dict[str, Any]:
+    """What a client must do to raw data before the graphs see it, per modality the model uses.
+
+    Values recorded by the trainer in the checkpoint win over those re-read from its config.
+    """
+    recorded = dict(recorded or {})
+    table = {
+        spec.KEY_PATHOLOGY: lambda: {
+            "patch_size": int(config_value(config, "data.modalities.pathology.patch_size")),
+            "level": int(config_value(config, "data.modalities.pathology.level")),
+            "max_patches": int(config_value(config, "data.modalities.pathology.max_patches")),
+            "tissue_threshold": float(config_value(config, "data.modalities.pathology.tissue_threshold")),
+            "input_size": int(config_value(config, "model.modalities.pathology.input_size")),
+            "normalisation": {"mean": list(spec.IMAGENET_MEAN), "std": list(spec.IMAGENET_STD),
+                              "applied": "inside patch_encoder: uint8/255, resize to input_size, (x-mean)/std"},
+            **(recorded.get(spec.KEY_PATHOLOGY) or {}),
+        },
+        spec.KEY_MRI: lambda: {
+            "sequences": list(config_value(config, "data.modalities.mri.sequences")),
+            "target_spacing": [float(v) for v in config_value(config, "data.modalities.mri.target_spacing")],
+            "output_shape": [int(v) for v in config_value(config, "data.modalities.mri.output_shape")],
+            **(recorded.get(spec.KEY_MRI) or {}),
+        },
+        # The fitted ClinicalPreprocessor.to_dict() from the checkpoint, verbatim (None if the trainer had none).
+        spec.KEY_CLINICAL: lambda: recorded.get(spec.KEY_CLINICAL),
+    }
+    return {m: table[m]() for m in modalities}
+
+
+def build_manifest(*, fmt: str, entry: Any, version: str, class_names: list[str], geometry: Geometry,
+                   parts: dict[str, dict[str, Any]], preprocessing: dict[str, Any], checkpoint: Path,
+                   checkpoint_sha256: str, opset: int | None, precision: str, parity: dict[str, Any],
+                   tolerance: float) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "format": fmt,
+        "entry": entry.name,
+        "version": version,
+        "fusion": getattr(entry, "fusion", None),
+        "modalities": list(geometry.modalities),
+        "class_names": list(class_names),
+        "num_classes": geometry.num_classes,
+        "precision": precision,
+        "opset": opset,
+        "dynamic_axes": {"num_patches": "patches of one slide (bag size), >= 1", "batch": "patients, >= 1"},
+        "parts": parts,
+        "preprocessing": preprocessing,
+        "source_checkpoint": {"path": os.fspath(checkpoint), "sha256": checkpoint_sha256},
+        "parity": {**parity, "tolerance": tolerance},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "software": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def part_record(file: str, files: dict[str, str], signature: Signature, exporter: str) -> dict[str, Any]:
+    """One part's manifest record; `files` maps every file of the part (graph, external data) to its sha256."""
+    return {"file": file, "sha256": files[file], "files": files, "exporter": exporter, **signature.to_json()}
+
+
+def write_manifest(directory: Path, manifest: Mapping[str, Any]) -> Path:
+    from zoo.atomic import atomic_write_json
+
+    return atomic_write_json(directory / MANIFEST_NAME, manifest)
+
+
+def _require(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise ManifestError(f"{where}: {message}; re-export with python -m export.onnx <entry> --overwrite")
+
+
+def _check_tensor(t: Any, where: str) -> None:
+    _require(isinstance(t, dict) and {"name", "dtype", "shape"} <= set(t), where,
+             "tensor needs name, dtype and shape")
+    _require(t["dtype"] in TORCH_DTYPES, where, f"dtype {t['dtype']!r} is not one of {sorted(TORCH_DTYPES)}")
+    _require(isinstance(t["shape"], list) and all(
+        (isinstance(d, int) and d >= -1) or (isinstance(d, str) and d) for d in t["shape"]), where,
+        f"shape {t['shape']!r} must list ints or axis names")
+
+
+def load_manifest(path: str | os.PathLike, verify_files: bool = True, require_parity: bool = True) -> dict[str, Any]:
+    """Read and validate `<dir>/manifest.json` (a directory or the file itself); returns the manifest dict.
+
+    Checks the schema, that every part file exists with the recorded sha256 (`verify_files`), and that the
+    export passed its parity check (`require_parity`).
+    """
+    from export.parts import parts_for
+    from export.source import sha256_file
+
+    path = Path(path)
+    file = path / MANIFEST_NAME if path.is_dir() else path
+    where = str(file)
+    if not file.is_file():
+        raise ManifestError(f"{where}: no export manifest; export the entry first (python -m export.onnx <entry>)")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{where}: unreadable JSON ({exc}); re-export the entry") from exc
+    _require(isinstance(manifest, dict), where, "top level must be an object")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    _require(not missing, where, f"missing keys {missing}")
+    _require(manifest["schema_version"] == SCHEMA_VERSION, where,
+             f"schema_version {manifest['schema_version']!r} is not {SCHEMA_VERSION}")
+    _require(manifest["format"] in FORMATS, where, f"format {manifest['format']!r} not in {FORMATS}")
+    _require(manifest["precision"] in PRECISIONS, where, f"precision {manifest['precision']!r} not in {PRECISIONS}")
+    modalities = manifest["modalities"]
+    _require(isinstance(modalities, list) and modalities and all(m in spec.MODALITIES for m in modalities)
+             and modalities == [m for m in spec.MODALITIES if m in modalities], where,
+             f"modalities {modalities!r} must be a non-empty subset of {list(spec.MODALITIES)} in that order")
+    parts = manifest["parts"]
+    expected = [p.name for p in parts_for(modalities)]
+    _require(isinstance(parts, dict) and list(parts) == expected, where,
+             f"parts {list(parts) if isinstance(parts, dict) else parts!r} != {expected} for modalities {modalities}")
+    for name, part in parts.items():
+        at = f"{where}: part {name!r}"
+        _require(isinstance(part, dict) and {"file", "sha256", "files", "inputs", "outputs"} <= set(part), at,
+                 "needs file, sha256, files, inputs, outputs")
+        _require(part["files"].get(part["file"]) == part["sha256"], at, "sha256 differs from files[file]")
+        for t in (*part["inputs"], *part["outputs"]):
+            _check_tensor(t, f"{at} tensor {t.get('name') if isinstance(t, dict) else t!r}")
+        for rel, digest in part["files"].items():
+            _require(Path(rel).name == rel, at, f"file name {rel!r} must be a plain name inside the export dir")
+            if verify_files:
+                target = file.parent / rel
+                _require(target.is_file(), at, f"file {target} is missing")
+                actual = sha256_file(target)
+                _require(actual == digest, at, f"file {target} has sha256 {actual}, manifest says {digest} "
+                                               "(changed after export)")
+    if require_parity:
+        parity = manifest["parity"]
+        _require(isinstance(parity, dict) and parity.get("passed") is True, where,
+                 f"parity check did not pass (see {file.parent / 'parity_report.md'}); do not serve this export")
+    return manifest
+
+
+def part_signature(manifest: Mapping[str, Any], part: str) -> Signature:
+    return Signature.from_json(manifest["parts"][part])

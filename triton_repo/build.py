@@ -1,0 +1,132 @@
+"""Render a Triton model repository from export manifests.
+
+    python -m triton_repo.build --export-dir exports/<entry> [--export-dir ...] [--output model_repository]
+                                [--flavor gpu|embedded] [--tensorrt-fp16] [--max-patch-batch 1024] [--overwrite]
+
+Each entry becomes `<entry>_<part>` models plus the ensembles `<entry>` and `<entry>_slide`; several entries can
+share one repository. Every served ONNX file is checked against the manifest's sha256 (the build refuses on a
+mismatch). Each model directory is staged next to its final place and moved in with os.replace.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from triton_repo import config as cfg_mod
+from triton_repo import manifest as mf
+from triton_repo.plan import FLAVORS, BuildOptions, model_configs
+
+PYTHON_MODEL_SOURCE = Path(__file__).with_name("python_model") / "model.py"
+SERVED_ONNX_NAME = "model.onnx"
+REPO_MANIFEST_NAME = "manifest.json"  # copy of the export manifest inside the `<entry>` ensemble directory
+
+
+class BuildError(RuntimeError):
+    """The repository cannot be built from the given exports."""
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _write_model(stage: Path, config: cfg_mod.ModelConfig, part: mf.PartSpec | None, flavor: str) -> None:
+    version_dir = stage / "1"
+    version_dir.mkdir(parents=True)
+    (stage / "config.pbtxt").write_text(cfg_mod.render(config))
+    if part is None:
+        return
+    served = version_dir / SERVED_ONNX_NAME
+    _link_or_copy(part.path, served)
+    # A served file must be the exported one, byte for byte.
+    mf.verify_part(mf.PartSpec(part.name, served, part.sha256, part.inputs, part.outputs))
+    if FLAVORS[flavor].runs_python_model:
+        shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / "model.py")
+
+
+def _install(stage: Path, final: Path, overwrite: bool) -> None:
+    if final.exists():
+        if not overwrite:
+            raise BuildError(f"{final} already exists; pass --overwrite to replace it")
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(stage, final)
+        shutil.rmtree(trash)
+    else:
+        os.replace(stage, final)
+
+
+def build_entry(manifest: mf.ExportManifest, output: Path, options: BuildOptions, overwrite: bool) -> list[str]:
+    """Write one entry's models into `output`; returns the model names."""
+    configs = model_configs(manifest, options)
+    for config in configs:
+        final = output / config.name
+        if final.exists() and not overwrite:
+            raise BuildError(f"{final} already exists; pass --overwrite to replace it")
+    parts = {cfg.parameters.get("part"): manifest.part(cfg.parameters["part"]) for cfg in configs if not cfg.steps}
+    for part in parts.values():
+        mf.verify_part(part)
+    names = []
+    with tempfile.TemporaryDirectory(dir=output, prefix=".staging-") as staging:
+        for config in tqdm(configs, desc=f"models of {manifest.entry}", unit="model", leave=False):
+            stage = Path(staging) / config.name
+            part = parts.get(config.parameters.get("part")) if not config.steps else None
+            _write_model(stage, config, part, options.flavor)
+            if config.name == manifest.entry:
+                (stage / REPO_MANIFEST_NAME).write_text(
+                    (manifest.export_dir / mf.MANIFEST_NAME).read_text())
+            _install(stage, output / config.name, overwrite)
+            names.append(config.name)
+    return names
+
+
+def build_repository(export_dirs: list[str | Path], output: str | Path = "model_repository",
+                     options: BuildOptions = BuildOptions(), overwrite: bool = False) -> dict[str, list[str]]:
+    """Build (or extend) a model repository from one or more exports; returns {entry: model names}."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    manifests = [mf.load(d) for d in export_dirs]
+    entries = [m.entry for m in manifests]
+    if len(set(entries)) != len(entries):
+        raise BuildError(f"the same entry is given twice: {entries}")
+    return {m.entry: build_entry(m, output, options, overwrite) for m in manifests}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m triton_repo.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--export-dir", action="append", required=True,
+                        help="exports/<entry> directory holding manifest.json (repeat for several entries)")
+    parser.add_argument("--output", default="model_repository", help="model repository directory")
+    parser.add_argument("--flavor", choices=sorted(FLAVORS), default="embedded",
+                        help="gpu: onnxruntime backend (NGC container); embedded: python backend + onnxruntime "
+                             "(runs with the tritonserver shipped in nvidia-pytriton)")
+    parser.add_argument("--tensorrt-fp16", action="store_true", help="gpu flavor: TensorRT fp16 accelerator")
+    parser.add_argument("--max-patch-batch", type=int, default=BuildOptions.max_patch_batch,
+                        help="largest patch chunk the patch encoder accepts (dynamic batching limit)")
+    parser.add_argument("--instances", type=int, default=1, help="instances per part model")
+    parser.add_argument("--overwrite", action="store_true", help="replace models that already exist")
+    args = parser.parse_args(argv)
+    options = BuildOptions(flavor=args.flavor, max_patch_batch=args.max_patch_batch,
+                           tensorrt_fp16=args.tensorrt_fp16, instance_count=args.instances)
+    try:
+        built = build_repository(args.export_dir, args.output, options, args.overwrite)
+    except (mf.ManifestError, BuildError, cfg_mod.ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for entry, names in built.items():
+        print(f"{entry}: {', '.join(names)}")
+    print(json.dumps({"model_repository": str(Path(args.output).resolve()), "flavor": args.flavor}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

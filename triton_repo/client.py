@@ -1,0 +1,259 @@
+"""gRPC client: tile slides locally, stream patches to the patch encoder, finish with the slide ensemble.
+
+    python -m triton_repo.client predict --slide S.svs [--slide ...] [--mri T1.nii.gz] [--clinical-json '{...}']
+        [--url 127.0.0.1:8001] [--model ENTRY] [--repository model_repository] [--shared-memory]
+        [--heatmap out.png] [--chunk-size 256] [--in-flight 4] [--retries N]
+    python -m triton_repo.client predict --patient-id P --data-dir data/breast_cancer [...]
+
+Missing modalities are simply not passed: the client sends the ensemble a placeholder and presence False.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tqdm import tqdm
+
+from triton_repo import inputs as inp
+from triton_repo import manifest as mf
+from triton_repo.build import REPO_MANIFEST_NAME
+from triton_repo.connection import ClientError, connect, with_retries
+from triton_repo.plan import PATHOLOGY, MRI, CLINICAL, ensemble_io, part_model_name, placeholder
+from triton_repo.streaming import PatchStreamer
+
+
+@dataclass
+class Prediction:
+    probabilities: np.ndarray          # [K]
+    class_names: tuple[str, ...]
+    fusion_attention: np.ndarray       # [M] over `modalities`
+    modalities: tuple[str, ...]
+    presence: np.ndarray               # bool [M]
+    patch_attention: np.ndarray | None  # [N] over all slides' patches
+    coords: np.ndarray | None          # int64 [N, 3] = (slide index, x, y) level 0
+    slide_ids: tuple[str, ...] = ()
+
+    @property
+    def predicted_class(self) -> str:
+        return self.class_names[int(np.argmax(self.probabilities))]
+
+    def top_patches(self, k: int = 5) -> list[dict[str, Any]]:
+        if self.patch_attention is None or self.coords is None:
+            return []
+        order = np.argsort(-self.patch_attention, kind="stable")[:k]
+        return [{"slide_id": self.slide_ids[int(self.coords[i, 0])], "x": int(self.coords[i, 1]),
+                 "y": int(self.coords[i, 2]), "attention": float(self.patch_attention[i])} for i in order]
+
+    def to_dict(self, top_k: int = 5) -> dict[str, Any]:
+        return {"predicted_class": self.predicted_class,
+                "probabilities": dict(zip(self.class_names, map(float, self.probabilities))),
+                "fusion_attention": dict(zip(self.modalities, map(float, self.fusion_attention))),
+                "presence": dict(zip(self.modalities, map(bool, self.presence))),
+                "num_patches": 0 if self.coords is None else int(len(self.coords)),
+                "top_patches": self.top_patches(top_k)}
+
+
+def resolve_manifest(manifest_or_repo: mf.ExportManifest | str | Path, model: str | None) -> mf.ExportManifest:
+    """An export manifest, an export directory, or a model repository (its `<entry>/manifest.json` copy)."""
+    if isinstance(manifest_or_repo, mf.ExportManifest):
+        return manifest_or_repo
+    path = Path(manifest_or_repo)
+    if (path / mf.MANIFEST_NAME).is_file() or path.is_file():
+        return mf.load(path)
+    if model is None:
+        entries = sorted(p.parent.name for p in path.glob(f"*/{REPO_MANIFEST_NAME}"))
+        if len(entries) != 1:
+            raise ClientError(f"{path}: pass --model (entries in this repository: {entries or 'none'})")
+        model = entries[0]
+    copy = path / model / REPO_MANIFEST_NAME
+    if not copy.is_file():
+        raise ClientError(f"{copy}: not found; is {path} a model repository built with triton_repo.build "
+                          f"and {model!r} an entry in it?")
+    manifest = mf.load(copy)
+    return manifest
+
+
+class SlideClient:
+    """Predict a patient's subtype through a running Triton server."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", model: str | None = None,
+                 manifest_or_repo: mf.ExportManifest | str | Path = "model_repository", chunk_size: int = 256,
+                 in_flight: int = 4, shared_memory: bool = False, retries: int = 0, backoff_s: float = 0.5,
+                 progress: bool = False):
+        self.manifest = resolve_manifest(manifest_or_repo, model)
+        self.entry = model or self.manifest.entry
+        if self.entry != self.manifest.entry:
+            raise ClientError(f"model {self.entry!r} does not match the manifest's entry {self.manifest.entry!r}")
+        self.url, self.retries, self.backoff_s, self.progress = url, retries, backoff_s, progress
+        self.chunk_size = chunk_size
+        self.client = connect(url, retries, backoff_s)
+        self.has_pathology = PATHOLOGY in self.manifest.modalities
+        self.io = ensemble_io(self.manifest, from_features=self.has_pathology)
+        self.streamer = None
+        if self.has_pathology:
+            encoder = self.manifest.part(mf.PATCH_ENCODER)
+            self.streamer = PatchStreamer(self.client, part_model_name(self.entry, mf.PATCH_ENCODER), encoder.input(0),
+                                          encoder.output(0), chunk_size, in_flight, shared_memory, retries, backoff_s)
+
+    def close(self) -> None:
+        if self.streamer is not None:
+            self.streamer.close()
+        self.client.close()
+
+    def __enter__(self) -> "SlideClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def encode_slides(self, bags: Sequence[inp.SlideBag]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        """Features [N, D] and coords [N, 3] of every slide's patches; a slide without patches is skipped."""
+        features, coords, ids = [], [], []
+        for bag in tqdm(bags, desc="slides", unit="slide", disable=not self.progress):
+            feats = self.streamer.encode(bag.batches)
+            if len(feats) != len(bag.coords):
+                raise ClientError(f"slide {bag.slide_id}: {len(feats)} features for {len(bag.coords)} coords")
+            if len(feats) == 0:
+                print(f"warning: slide {bag.slide_id} has no tissue patches; skipped", file=sys.stderr)
+                continue
+            coords.append(np.column_stack([np.full(len(feats), len(ids)), bag.coords]).astype(np.int64))
+            features.append(feats)
+            ids.append(bag.slide_id)
+        if not features:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 3), np.int64), ()
+        return np.concatenate(features), np.concatenate(coords), tuple(ids)
+
+    def predict(self, slides: Sequence[str | Path] = (), mri: Any = None, clinical: Any = None,
+                bags: Iterable[inp.SlideBag] = ()) -> Prediction:
+        """Probabilities, attention and coordinates for one patient; any modality may be left out."""
+        m = self.manifest
+        items: dict[str, np.ndarray] = {}
+        slide_ids: tuple[str, ...] = ()
+        coords = None
+        if self.has_pathology:
+            all_bags = list(bags) + [inp.slide_bag(s, m, self.chunk_size) for s in slides]
+            if all_bags:
+                features, coords, slide_ids = self.encode_slides(all_bags)
+                if len(features):
+                    items[PATHOLOGY] = features
+        elif slides or bags:
+            raise ClientError(f"entry {self.entry!r} has no pathology branch (modalities: {list(m.modalities)})")
+        if mri is not None:
+            items[MRI] = inp.mri_tensor(mri, m, self._modality_input(MRI))[None]
+        if clinical is not None:
+            items[CLINICAL] = inp.clinical_tensor(clinical, m, self._modality_input(CLINICAL))[None]
+        if not items:
+            raise ClientError("no modality given: pass slides, an MRI and/or clinical values")
+        presence = np.array([[mod in items for mod in m.modalities]])
+        arrays = {mod: items.get(mod, placeholder(self.io.modality_inputs[mod])) for mod in m.modalities}
+        result = self._infer_ensemble(arrays, presence)
+        patch_attention = result.as_numpy(self.io.patch_attention.name) if PATHOLOGY in items else None
+        return Prediction(
+            probabilities=result.as_numpy(self.io.probabilities.name)[0], class_names=m.class_names,
+            fusion_attention=result.as_numpy(self.io.fusion_attention.name)[0], modalities=m.modalities,
+            presence=presence[0], patch_attention=patch_attention,
+            coords=coords if PATHOLOGY in items else None, slide_ids=slide_ids)
+
+    def _modality_input(self, modality: str) -> mf.TensorSpec:
+        if modality not in self.io.modality_inputs:
+            raise ClientError(f"entry {self.entry!r} has no {modality} branch (modalities: "
+                              f"{list(self.manifest.modalities)})")
+        return self.io.modality_inputs[modality]
+
+    def _infer_ensemble(self, arrays: Mapping[str, np.ndarray], presence: np.ndarray):
+        tensors = [(self.io.modality_inputs[mod], arrays[mod]) for mod in self.manifest.modalities]
+        tensors.append((self.io.presence, presence))
+        infer_inputs = []
+        for spec_, array in tensors:
+            array = np.ascontiguousarray(array, dtype=spec_.dtype)
+            item = grpcclient.InferInput(spec_.name, list(array.shape), grpcclient.np_to_triton_dtype(array.dtype))
+            item.set_data_from_numpy(array)
+            infer_inputs.append(item)
+        outputs = [self.io.probabilities, self.io.fusion_attention] + (
+            [self.io.patch_attention] if self.io.patch_attention else [])
+        requested = [grpcclient.InferRequestedOutput(t.name) for t in outputs]
+        return with_retries(lambda: self.client.infer(self.io.name, infer_inputs, outputs=requested),
+                            self.retries, self.backoff_s, f"model {self.io.name} at {self.url}")
+
+
+def patient_inputs(patient_id: str, data_dir: str | Path, manifest: mf.ExportManifest) -> dict[str, Any]:
+    """A patient's files in the cohort layout (docs/ARCHITECTURE.md); what is missing is left out."""
+    from zoo.data.files import validate_identifier
+    patient_id = validate_identifier(patient_id)
+    data_dir = Path(data_dir)
+    found: dict[str, Any] = {}
+    slides = sorted((data_dir / "wsi_raw").glob(f"{patient_id}-*.svs"))
+    if slides and PATHOLOGY in manifest.modalities:
+        found["slides"] = slides
+    sequences = (manifest.preprocessing.get("mri") or {}).get("sequences", ["T1"])
+    volumes = [data_dir / "mri_raw" / patient_id / f"{s}.nii.gz" for s in sequences]
+    if MRI in manifest.modalities and all(v.is_file() for v in volumes):
+        found["mri"] = volumes
+    if CLINICAL in manifest.modalities:
+        import pandas as pd
+        for table in sorted(data_dir.glob("*_clinical.csv")):
+            frame = pd.read_csv(table)
+            rows = frame[frame["patient_id"].astype(str) == patient_id]
+            if len(rows):
+                found["clinical"] = {k: (None if pd.isna(v) else v) for k, v in rows.iloc[0].items()}
+                break
+    if not found:
+        raise ClientError(f"patient {patient_id!r}: no slide, MRI or clinical row found under {data_dir}")
+    return found
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m triton_repo.client", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="predict one patient's subtype")
+    p.add_argument("--slide", action="append", default=[], help="whole-slide image (repeat for several)")
+    p.add_argument("--mri", action="append", default=[], help="MRI NIfTI, one per sequence in manifest order")
+    p.add_argument("--clinical-json", help='raw clinical values, e.g. \'{"age": 52, "er_status": 1}\'')
+    p.add_argument("--patient-id", help="take the patient's files from --data-dir (cohort layout)")
+    p.add_argument("--data-dir", default="data/breast_cancer")
+    p.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    p.add_argument("--model", help="entry name (default: the repository's only entry)")
+    p.add_argument("--repository", default="model_repository",
+                   help="model repository (or an exports/<entry> directory) to read the manifest from")
+    p.add_argument("--shared-memory", action="store_true", help="send patches via system shared memory")
+    p.add_argument("--heatmap", help="write a patch-attention heatmap PNG here")
+    p.add_argument("--chunk-size", type=int, default=256)
+    p.add_argument("--in-flight", type=int, default=4)
+    p.add_argument("--retries", type=int, default=0, help="retries with exponential backoff on transient errors")
+    p.add_argument("--top-k", type=int, default=5)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        with SlideClient(args.url, args.model, args.repository, args.chunk_size, args.in_flight,
+                         args.shared_memory, args.retries, progress=True) as client:
+            given: dict[str, Any] = {}
+            if args.patient_id:
+                given = patient_inputs(args.patient_id, args.data_dir, client.manifest)
+            if args.slide:
+                given["slides"] = args.slide
+            if args.mri:
+                given["mri"] = args.mri
+            if args.clinical_json:
+                given["clinical"] = json.loads(args.clinical_json)
+            prediction = client.predict(**given)
+        if args.heatmap:
+            from triton_repo.heatmap import write_heatmap
+            write_heatmap(prediction, args.heatmap)
+    except (ClientError, mf.ManifestError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(prediction.to_dict(args.top_k), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""A read-only view of an export manifest, in the terms the Triton layer needs.
+
+The manifest is written by `export`; when `export.manifest.load_manifest` is importable it is used to read
+(and validate) the file, otherwise the JSON is read directly. Tensor names always come from the manifest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo import spec
+
+MANIFEST_NAME = "manifest.json"
+
+# Served parts, in the order a request flows through them.
+PATCH_ENCODER = "patch_encoder"
+MIL_POOL = "mil_pool"
+MRI_ENCODER = "mri_encoder"
+CLINICAL_ENCODER = "clinical_encoder"
+FUSION_HEAD = "fusion_head"
+WHOLE_MODEL = "model"
+
+# Which encoder part turns each modality's input into its embedding.
+MODALITY_ENCODER: dict[str, str] = {
+    spec.MODALITIES[0]: PATCH_ENCODER,
+    spec.MODALITIES[1]: MRI_ENCODER,
+    spec.MODALITIES[2]: CLINICAL_ENCODER,
+}
+
+_DTYPES: dict[str, np.dtype] = {
+    "bool": np.dtype(bool), "uint8": np.dtype(np.uint8), "int8": np.dtype(np.int8),
+    "int16": np.dtype(np.int16), "int32": np.dtype(np.int32), "int64": np.dtype(np.int64),
+    "float16": np.dtype(np.float16), "float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
+}
+_DTYPE_ALIASES = {"float": "float32", "double": "float64", "fp32": "float32", "fp16": "float16", "half": "float16",
+                  "long": "int64", "int": "int32", "boolean": "bool", "tensor(float)": "float32",
+                  "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(int64)": "int64"}
+
+
+class ManifestError(ValueError):
+    """The export manifest is unreadable, incomplete, or does not match its files."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]  # -1 marks a dynamic axis
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    name: str
+    path: Path
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, index: int = 0) -> TensorSpec:
+        return self.inputs[index]
+
+    def output(self, index: int = 0) -> TensorSpec:
+        return self.outputs[index]
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    entry: str
+    version: str
+    export_dir: Path
+    class_names: tuple[str, ...]
+    modalities: tuple[str, ...]
+    parts: dict[str, PartSpec]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def part(self, name: str) -> PartSpec:
+        if name not in self.parts:
+            raise ManifestError(f"{self.export_dir / MANIFEST_NAME}: entry {self.entry!r} has no part {name!r} "
+                                f"(parts: {sorted(self.parts)}); re-export the entry")
+        return self.parts[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.parts
+
+    # Roles inside parts, by position (the export contract: see docs/cli/triton.md).
+    @property
+    def fusion_presence(self) -> TensorSpec:
+        return self.part(FUSION_HEAD).inputs[-1]
+
+    def fusion_embedding_input(self, modality: str) -> TensorSpec:
+        return self.part(FUSION_HEAD).inputs[self.modalities.index(modality)]
+
+    @property
+    def probabilities(self) -> TensorSpec:
+        return self.part(FUSION_HEAD).outputs[0]
+
+    @property
+    def fusion_attention(self) -> TensorSpec:
+        return self.part(FUSION_HEAD).outputs[1]
+
+    @property
+    def patch_attention(self) -> TensorSpec:
+        return self.part(MIL_POOL).outputs[1]
+
+
+def parse_dtype(value: str, where: str) -> np.dtype:
+    key = str(value).lower()
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in _DTYPES:
+        raise ManifestError(f"{where}: unsupported dtype {value!r} (expected one of {sorted(_DTYPES)})")
+    return _DTYPES[key]
+
+
+def parse_shape(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ManifestError(f"{where}: shape must be a list, got {value!r}")
+    return tuple(int(d) if isinstance(d, int) and d >= 0 else -1 for d in value)
+
+
+def _tensor(raw: dict, where: str) -> TensorSpec:
+    try:
+        return TensorSpec(str(raw["name"]), parse_dtype(raw.get("dtype", raw.get("type")), where),
+                          parse_shape(raw["shape"], where))
+    except KeyError as err:
+        raise ManifestError(f"{where}: tensor entry lacks {err}") from None
+
+
+def _raw_parts(raw: dict, where: str) -> dict[str, dict]:
+    parts = raw.get("parts")
+    if isinstance(parts, list):
+        return {str(p["name"]): p for p in parts}
+    if isinstance(parts, dict):
+        return {str(k): v for k, v in parts.items()}
+    raise ManifestError(f"{where}: no 'parts' mapping; re-run `python -m export.onnx`")
+
+
+def _read_raw(path: Path) -> dict:
+    try:
+        from export.manifest import load_manifest  # the exporter's own reader, when present
+    except ImportError:
+        load_manifest = None
+    if load_manifest is not None:
+        loaded = load_manifest(path)
+        if not isinstance(loaded, dict):
+            loaded = loaded.to_dict() if hasattr(loaded, "to_dict") else vars(loaded)
+        return loaded
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path}: not valid JSON ({err})") from None
+
+
+def load(export_dir: str | Path) -> ExportManifest:
+    """Read `export_dir/manifest.json` into an `ExportManifest`."""
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST_NAME if export_dir.is_dir() else export_dir
+    export_dir = path.parent
+    if not path.is_file():
+        raise ManifestError(f"{path}: no export manifest; run `python -m export.onnx` for this entry first")
+    raw = _read_raw(path)
+    parts = {}
+    for name, part in _raw_parts(raw, str(path)).items():
+        where = f"{path}: part {name!r}"
+        if "file" not in part:
+            raise ManifestError(f"{where}: lacks 'file'")
+        parts[name] = PartSpec(
+            name=name, path=export_dir / part["file"], sha256=str(part.get("sha256", "")),
+            inputs=tuple(_tensor(t, f"{where} input") for t in part.get("inputs", [])),
+            outputs=tuple(_tensor(t, f"{where} output") for t in part.get("outputs", [])))
+    modalities = tuple(raw.get("modalities") or [m for m in spec.MODALITIES if MODALITY_ENCODER[m] in parts])
+    for modality in modalities:
+        if modality not in MODALITY_ENCODER:
+            raise ManifestError(f"{path}: unknown modality {modality!r} (known: {list(spec.MODALITIES)})")
+    return ExportManifest(
+        entry=str(raw.get("entry") or export_dir.name), version=str(raw.get("version", "1")),
+        export_dir=export_dir, class_names=tuple(raw.get("class_names") or spec.CLASS_NAMES),
+        modalities=modalities, parts=parts, preprocessing=dict(raw.get("preprocessing") or {}))
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_part(part: PartSpec) -> None:
+    """Refuse a part whose file is missing or whose sha256 differs from the manifest."""
+    if not part.path.is_file():
+        raise ManifestError(f"{part.path}: file of part {part.name!r} is missing; re-export the entry")
+    if not part.sha256:
+        raise ManifestError(f"{part.path}: manifest gives no sha256 for part {part.name!r}; re-export the entry")
+    actual = sha256_of(part.path)
+    if actual != part.sha256:
+        raise ManifestError(f"{part.path}: sha256 {actual} does not match the manifest's {part.sha256} "
+                            f"for part {part.name!r}; the file changed after export, re-export the entry")

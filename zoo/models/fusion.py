@@ -1,0 +1,232 @@
+"""Fusion of per-modality embeddings under a presence mask.
+
+Every strategy takes `embeddings` (list of [B,E_m], in model.modalities order) and `presence` [B,M] bool and
+returns (fused [B,out_dim], fusion_attention [B,M]). A missing modality contributes nothing: attention over
+modalities is masked, and where a strategy needs a value for a missing slot it uses a learned, input-independent
+"missing" token (or zeros for bilinear), so one model serves any subset of its modalities.
+
+fusion_attention by strategy:
+- attention: softmax weights over present modalities (sum to 1);
+- cross_attention: attention each modality receives, averaged over heads and present queries (sums to 1);
+- gated: the sigmoid gates themselves (each in [0,1], 0 when missing; they do not sum to 1; with nothing
+  present, the gates of the learned missing tokens);
+- concatenate, bilinear: presence-normalised uniform weights (1/#present on present modalities);
+- identity (single modality): 1.
+A row with no modality present gets uniform weights (gated: its gates) and a finite, constant (learned prior)
+output.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from zoo.models._lookup import lookup
+from zoo.models.masking import masked_softmax, presence_weights
+
+
+class ProjectedModalities(nn.Module):
+    """Projects each modality to `hidden_dim`; missing slots get a learned token."""
+
+    def __init__(self, dims: list[int], hidden_dim: int, dropout: float):
+        super().__init__()
+        self.projections = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout))
+            for d in dims
+        )
+        self.missing_tokens = nn.Parameter(torch.zeros(len(dims), hidden_dim))
+        nn.init.normal_(self.missing_tokens, std=0.02)
+
+    def forward(self, embeddings: list[torch.Tensor], presence: torch.Tensor) -> torch.Tensor:
+        tokens = torch.stack([proj(e.float()) for proj, e in zip(self.projections, embeddings)], dim=1)  # [B,M,H]
+        missing = self.missing_tokens.unsqueeze(0).expand_as(tokens)
+        return torch.where(presence.bool().unsqueeze(-1), tokens, missing)
+
+
+class Fusion(nn.Module):
+    def __init__(self, dims: list[int], hidden_dim: int, num_heads: int = 8, dropout: float = 0.1):
+        super().__init__()
+        self.num_modalities = len(dims)
+        self.out_dim = hidden_dim
+
+
+class ConcatenateFusion(Fusion):
+    def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1):
+        super().__init__(dims, hidden_dim, num_heads, dropout)
+        self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
+        self.mix = nn.Sequential(nn.Linear(len(dims) * hidden_dim, hidden_dim), nn.ReLU(inplace=True))
+
+    def forward(self, embeddings, presence):
+        tokens = self.tokens(embeddings, presence)
+        return self.mix(tokens.flatten(1)), presence_weights(presence)
+
+
+class GatedFusion(Fusion):
+    """Gated multimodal unit: g_m = sigmoid(W_m [z_1..z_M]); fused = sum_m g_m * presence_m * z_m."""
+
+    def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1):
+        super().__init__(dims, hidden_dim, num_heads, dropout)
+        self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
+        self.gates = nn.Linear(len(dims) * hidden_dim, len(dims))
+
+    def forward(self, embeddings, presence):
+        tokens = self.tokens(embeddings, presence)
+        # A row with nothing present gates its learned missing tokens instead: a finite, constant prior.
+        nothing = ~presence.bool().any(dim=1, keepdim=True)
+        gates = torch.sigmoid(self.gates(tokens.flatten(1))) * (presence.bool() | nothing).float()
+        return torch.einsum("bm,bmh->bh", gates, tokens), gates
+
+
+class AttentionFusion(Fusion):
+    """Softmax attention over present modalities: a_m = softmax_m(w^T tanh(V z_m))."""
+
+    def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1):
+        super().__init__(dims, hidden_dim, num_heads, dropout)
+        self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
+        self.score = nn.Sequential(nn.Linear(hidden_dim, hidden_dim // 2 or 1), nn.Tanh(), nn.Linear(hidden_dim // 2 or 1, 1))
+
+    def forward(self, embeddings, presence):
+        tokens = self.tokens(embeddings, presence)
+        weights = masked_softmax(self.score(tokens).squeeze(-1), presence, empty_uniform=True)
+        return torch.einsum("bm,bmh->bh", weights, tokens), weights
+
+
+class CrossAttentionFusion(Fusion):
+    """One token per modality; a transformer layer where every token attends to the present ones."""
+
+    def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1):
+        super().__init__(dims, hidden_dim, num_heads, dropout)
+        if hidden_dim % num_heads:
+            raise ValueError(f"fusion hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
+        self.modality_embedding = nn.Parameter(torch.zeros(len(dims), hidden_dim))
+        nn.init.normal_(self.modality_embedding, std=0.02)
+        self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim)
+        self.out = nn.Linear(hidden_dim, hidden_dim)
+        self.norm1 = nn.LayerNorm(hidden_dim)
+        self.ffn = nn.Sequential(nn.Linear(hidden_dim, 2 * hidden_dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(2 * hidden_dim, hidden_dim))
+        self.norm2 = nn.LayerNorm(hidden_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, embeddings, presence):
+        tokens = self.tokens(embeddings, presence) + self.modality_embedding
+        b, m, h = tokens.shape
+        q, k, v = self.qkv(tokens).view(b, m, 3, self.num_heads, h // self.num_heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(h // self.num_heads)  # [B,heads,M,M]
+        key_mask = presence.bool()[:, None, None, :].expand_as(scores)
+        attn = masked_softmax(scores, key_mask, empty_uniform=True)
+        mixed = (attn @ v).transpose(1, 2).reshape(b, m, h)
+        tokens = self.norm1(tokens + self.dropout(self.out(mixed)))
+        tokens = self.norm2(tokens + self.dropout(self.ffn(tokens)))
+        query_weights = presence_weights(presence)  # pool over present tokens
+        fused = torch.einsum("bm,bmh->bh", query_weights, tokens)
+        received = torch.einsum("bq,bqk->bk", query_weights, attn.mean(dim=1))
+        return fused, received
+
+
+class BilinearFusion(Fusion):
+    """PathomicFusion-style gated Kronecker fusion.
+
+    Each modality is projected to a small dim d, gated by a sigmoid computed from all modalities, extended with a
+    constant 1 and combined by an outer product, so the product keeps every uni-, bi- and tri-modal term. A missing
+    modality's vector is zero, leaving only the terms of the present ones. d is chosen so that (d+1)^M <= 4096
+    (d = 15 for 3 modalities, 32 for 2), which keeps the mixing layer small.
+    """
+
+    def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1):
+        super().__init__(dims, hidden_dim, num_heads, dropout)
+        m = len(dims)
+        self.rank_dim = max(2, min(32, hidden_dim, int(round(4096 ** (1.0 / m))) - 1))
+        self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
+        self.reduce = nn.ModuleList(nn.Sequential(nn.Linear(hidden_dim, self.rank_dim), nn.ReLU(inplace=True)) for _ in dims)
+        self.gates = nn.Linear(m * hidden_dim, m * self.rank_dim)
+        self.mix = nn.Sequential(nn.Dropout(dropout), nn.Linear((self.rank_dim + 1) ** m, hidden_dim), nn.ReLU(inplace=True))
+
+    def forward(self, embeddings, presence):
+        tokens = self.tokens(embeddings, presence)
+        b, m, _ = tokens.shape
+        gates = torch.sigmoid(self.gates(tokens.flatten(1))).view(b, m, self.rank_dim)
+        present = presence.float().unsqueeze(-1)
+        ones = torch.ones_like(tokens[:, 0, :1])
+        product = ones
+        for i, reduce in enumerate(self.reduce):
+            vec = torch.cat([reduce(tokens[:, i]) * gates[:, i] * present[:, i], ones], dim=1)  # [B,d+1]
+            product = (product.unsqueeze(-1) * vec.unsqueeze(1)).flatten(1)
+        return self.mix(product), presence_weights(presence)
+
+
+class IdentityFusion(Fusion):
+    """Single modality: the embedding itself (zeros when it is missing)."""
+
+    def __init__(self, dims, hidden_dim=0, num_heads=8, dropout=0.1):
+        super().__init__(dims, hidden_dim, num_heads, dropout)
+        if len(dims) != 1:
+            raise ValueError(f"identity fusion takes exactly one modality, got {len(dims)}")
+        self.out_dim = dims[0]
+
+    def forward(self, embeddings, presence):
+        present = presence.bool()[:, :1]
+        return torch.where(present, embeddings[0].float(), torch.zeros_like(embeddings[0], dtype=torch.float32)), \
+            presence_weights(presence)
+
+
+FUSIONS = {
+    "concatenate": ConcatenateFusion,
+    "gated": GatedFusion,
+    "attention": AttentionFusion,
+    "cross_attention": CrossAttentionFusion,
+    "bilinear": BilinearFusion,
+    "identity": IdentityFusion,
+}
+
+
+def drop_modalities(presence: torch.Tensor, p: float) -> torch.Tensor:
+    """Drop each present modality with probability p, never all present ones of a sample."""
+    presence = presence.bool()
+    keep = (torch.rand(presence.shape, device=presence.device) >= p) & presence
+    # Rows that lost everything keep one present modality chosen at random.
+    rescue = torch.rand(presence.shape, device=presence.device).masked_fill(~presence, -1.0).argmax(dim=1)
+    one = nn.functional.one_hot(rescue, presence.shape[1]).bool() & presence
+    lost_all = ~keep.any(dim=1, keepdim=True)
+    return torch.where(lost_all, one, keep)
+
+
+class ClassificationHead(nn.Module):
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+HEADS = {"classification": ClassificationHead}
+
+
+class FusionHead(nn.Module):
+    """(embeddings in model.modalities order, presence [B,M]) -> (logits [B,K], fusion_attention [B,M])."""
+
+    def __init__(self, dims: list[int], num_classes: int, fusion_type: str = "attention", hidden_dim: int = 512,
+                 num_heads: int = 8, dropout: float = 0.1, modality_dropout: float = 0.0,
+                 head_type: str = "classification", head_dropout: float = 0.5):
+        super().__init__()
+        if len(dims) == 1:
+            fusion_type = "identity"
+        elif fusion_type == "identity":
+            raise ValueError(f"fusion type 'identity' needs exactly one modality, got {len(dims)}")
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"fusion modality_dropout must be in [0, 1), got {modality_dropout}")
+        self.fusion_type = fusion_type
+        self.fusion = lookup(FUSIONS, fusion_type, "fusion type")(list(dims), int(hidden_dim), int(num_heads), float(dropout))
+        self.head = lookup(HEADS, head_type, "head type")(self.fusion.out_dim, int(num_classes), float(head_dropout))
+        self.modality_dropout = float(modality_dropout)
+
+    def forward(self, embeddings: list[torch.Tensor], presence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        presence = presence.bool()
+        if self.training and self.modality_dropout > 0:
+            presence = drop_modalities(presence, self.modality_dropout)
+        fused, weights = self.fusion(embeddings, presence)
+        return self.head(fused), weights

@@ -1,0 +1,182 @@
+"""Train every zoo entry matching the patterns (x seeds) and compare them.
+
+    python -m zoo.sweep PATTERN [PATTERN ...] [--recipe cpu] [--seeds 0 1 2] [--data-dir DIR] [--name NAME]
+
+Writes outputs/sweeps/<name>/: runs.csv (one row per entry x seed, failures included), leaderboard.csv/.md
+(mean +- std over seeds), fusion_comparison.png (entries using all modalities, by fusion: seed section 8) and
+modality_ablation.png (by modality subset: seed section 11). A failing run is recorded and the sweep goes on.
+The feature cache is shared: entries with the same frozen patch encoder reuse the same cached features.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from zoo.atomic import atomic_write_text
+from zoo.plots import bar_chart
+from zoo.spec import MODALITIES
+
+SHORT_MODALITY = {"pathology": "path", "mri": "mri", "clinical": "clin"}
+RUN_COLUMNS = ["entry", "seed", "modalities", "fusion", "status", "val_f1", "val_auc", "test_f1", "test_auc",
+               "test_accuracy", "params", "train_time_s", "error"]
+
+
+def sweep_name(patterns: Sequence[str]) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "+".join(patterns)).strip("_.") or "sweep"
+
+
+def modality_label(modalities: Sequence[str]) -> str:
+    return "+".join(SHORT_MODALITY[m] for m in MODALITIES if m in modalities)
+
+
+def run_row(entry: Any, seed: int, result: dict[str, Any] | None, error: str = "") -> dict[str, Any]:
+    test = (result or {}).get("test", {})
+    return {
+        "entry": entry.name, "seed": seed, "modalities": modality_label(entry.modalities),
+        "fusion": getattr(entry, "fusion", None) or "none",
+        "status": "ok" if result is not None else "failed",
+        "val_f1": (result or {}).get("best_val_f1", np.nan), "val_auc": (result or {}).get("best_val_auc", np.nan),
+        "test_f1": test.get("f1_macro", np.nan), "test_auc": test.get("auc_macro_ovr", np.nan),
+        "test_accuracy": test.get("accuracy", np.nan),
+        "params": (result or {}).get("num_parameters", np.nan),
+        "train_time_s": (result or {}).get("train_time_s", np.nan),
+        "error": error,
+    }
+
+
+def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per entry (successful runs), sorted by mean test F1."""
+    ok = runs[runs["status"] == "ok"]
+    metrics = ["val_f1", "val_auc", "test_f1", "test_auc", "test_accuracy", "train_time_s"]
+    if ok.empty:
+        return pd.DataFrame(columns=["entry", "modalities", "fusion", "seeds", "params"]
+                            + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
+    grouped = ok.groupby("entry", sort=False)
+    table = grouped[["modalities", "fusion", "params"]].first()
+    table["seeds"] = grouped.size()
+    for m in metrics:
+        table[f"{m}_mean"] = grouped[m].mean()
+        table[f"{m}_std"] = grouped[m].std(ddof=0)
+    return table.reset_index().sort_values("test_f1_mean", ascending=False, kind="stable")
+
+
+def leaderboard_markdown(table: pd.DataFrame, failures: pd.DataFrame) -> str:
+    def pm(row: pd.Series, m: str) -> str:
+        return f"{row[f'{m}_mean']:.3f} ± {row[f'{m}_std']:.3f}"
+
+    lines = ["| entry | modalities | fusion | test F1 | test AUC | val F1 | val AUC | params | train time (s) | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for _, row in table.iterrows():
+        lines.append(f"| {row['entry']} | {row['modalities']} | {row['fusion']} | {pm(row, 'test_f1')} | "
+                     f"{pm(row, 'test_auc')} | {pm(row, 'val_f1')} | {pm(row, 'val_auc')} | {int(row['params']):,} | "
+                     f"{row['train_time_s_mean']:.0f} | {row['seeds']} |")
+    if not failures.empty:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {r['entry']} (seed {r['seed']}): {r['error']}" for _, r in failures.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def write_charts(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    written = []
+    full = table[table["modalities"] == modality_label(MODALITIES)]
+    if not full.empty:
+        written.append(bar_chart(full["fusion"].tolist(), full["test_f1_mean"].tolist(), out_dir / "fusion_comparison.png",
+                                 errors=full["test_f1_std"].tolist(), ylabel="test F1 (macro)",
+                                 title="Fusion strategies (all modalities)"))
+    if not table.empty:
+        order = table.assign(n=table["modalities"].str.count(r"\+")).sort_values(["n", "modalities", "fusion"], kind="stable")
+        labels = [m if f == "none" else f"{m}\n({f})" for m, f in zip(order["modalities"], order["fusion"])]
+        written.append(bar_chart(labels, order["test_f1_mean"].tolist(), out_dir / "modality_ablation.png",
+                                 errors=order["test_f1_std"].tolist(), ylabel="test F1 (macro)",
+                                 title="Modality ablation"))
+    return written
+
+
+def write_outputs(rows: list[dict[str, Any]], out_dir: Path) -> pd.DataFrame:
+    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False))
+    table = leaderboard(runs)
+    atomic_write_text(out_dir / "leaderboard.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "leaderboard.md", leaderboard_markdown(table, runs[runs["status"] != "ok"]))
+    write_charts(table, out_dir)
+    return table
+
+
+def run_sweep(
+    patterns: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0,),
+    recipe: str | None = None,
+    data_dir: str | Path | None = None,
+    output_root: str | Path = "outputs",
+    name: str | None = None,
+    overrides: Sequence[str] = (),
+    train_fn: Callable[..., dict[str, Any]] | None = None,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Train each matching entry for each seed; returns the leaderboard (also written to disk after every run)."""
+    from zoo.registry import list_entries
+    from zoo.train import run_training
+
+    train_fn = train_fn or run_training
+    names = list_entries(include=list(patterns))
+    if not names:
+        raise ValueError(f"no zoo entry matches {list(patterns)}; see python -c 'import zoo; print(zoo.list_entries())'")
+    entries = [_entry(n) for n in names]
+    out_dir = Path(output_root) / "sweeps" / (name or sweep_name(patterns))
+    log(f"sweep {out_dir.name}: {len(entries)} entries x {len(seeds)} seed(s): {', '.join(e.name for e in entries)}")
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        for seed in seeds:
+            t0 = time.perf_counter()
+            try:
+                result = train_fn(entry.name, recipe=recipe, data_dir=data_dir,
+                                  output_dir=out_dir / "runs" / entry.name / f"seed{seed}",
+                                  overrides=[*overrides, f"training.seed={seed}", f"data.seed={seed}"])
+                rows.append(run_row(entry, seed, result))
+            except Exception as exc:  # a failed entry is recorded; the others still run
+                log(f"FAILED {entry.name} seed {seed}: {type(exc).__name__}: {exc}")
+                log(traceback.format_exc(limit=3))
+                rows.append(run_row(entry, seed, None, f"{type(exc).__name__}: {exc}"))
+            log(f"{entry.name} seed {seed} done in {time.perf_counter() - t0:.0f} s")
+            table = write_outputs(rows, out_dir)
+    log(f"leaderboard: {out_dir / 'leaderboard.md'}")
+    log((out_dir / "leaderboard.md").read_text())
+    return table
+
+
+def _entry(name: str) -> Any:
+    from zoo.registry import get_entry
+
+    return get_entry(name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zoo.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("patterns", nargs="+", help="fnmatch patterns over entry names, e.g. 'attention*' '*_only'; "
+                                                    "key=value arguments are config overrides for every run")
+    parser.add_argument("--recipe", choices=["gpu", "cpu", "tiny"], default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--output-dir", default="outputs", help="root; results go to <root>/sweeps/<name>")
+    parser.add_argument("--name", default=None, help="sweep name (default: derived from the patterns)")
+    args = parser.parse_args(argv)
+    overrides = [p for p in args.patterns if "=" in p]
+    patterns = [p for p in args.patterns if "=" not in p]
+    if not patterns:
+        parser.error("give at least one entry pattern")
+    table = run_sweep(patterns, seeds=args.seeds, recipe=args.recipe, data_dir=args.data_dir,
+                      output_root=args.output_dir, name=args.name, overrides=overrides)
+    return 0 if not table.empty else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

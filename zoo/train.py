@@ -1,0 +1,226 @@
+"""Train one zoo entry end to end.
+
+    python -m zoo.train <entry> [--config FILE] [--data-dir DIR] [--recipe gpu|cpu|tiny] [--output-dir DIR]
+                        [--resume] [key=value ...]
+
+Resolves the entry's config, makes sure the cohort exists (generating the quickstart synthetic cohort on a
+fresh clone), caches frozen patch-encoder features, trains, evaluates the best checkpoint on the test split
+and prints the results table. `torchrun --nproc_per_node N -m zoo.train <entry>` trains with DDP.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from zoo import distributed as ddp
+from zoo.metrics import format_results_table
+from zoo.spec import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from zoo.trainer import MultimodalTrainer, seed_everything
+
+SPLITS = ("train", "val", "test")
+
+
+class TrainingSetupError(ValueError):
+    """The run cannot start (bad entry, data dir, split or modality); the message says what to do."""
+
+
+def default_recipe() -> tuple[str, str]:
+    """(recipe, why): gpu when CUDA is available, else cpu."""
+    if torch.cuda.is_available():
+        return "gpu", f"CUDA is available ({torch.cuda.get_device_name(0)})"
+    return "cpu", "CUDA is not available, so the CPU recipe (frozen encoder + feature cache, small sizes) is used"
+
+
+def resolve_entry_config(entry_name: str, recipe: str, config_file: str | Path | None,
+                         overrides: Sequence[str]) -> tuple[Any, dict]:
+    from zoo.registry import get_entry
+
+    try:
+        entry = get_entry(entry_name)
+    except KeyError as exc:
+        raise TrainingSetupError(str(exc.args[0]) if exc.args else f"unknown zoo entry {entry_name!r}") from exc
+    return entry, entry.config(recipe, overrides=list(overrides), config_file=config_file)
+
+
+def pathology_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    data = config["data"]["modalities"]["pathology"]
+    model = config["model"]["modalities"].get("pathology", {})
+    return {"patch_size": int(data["patch_size"]), "level": int(data["level"]),
+            "tissue_threshold": float(data["tissue_threshold"]), "max_patches": int(data["max_patches"]),
+            "input_size": int(model.get("input_size", data["patch_size"])), "backbone": model.get("backbone"),
+            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
+
+
+def uses_feature_cache(config: Mapping[str, Any]) -> bool:
+    pathology = config["model"]["modalities"].get("pathology")
+    return bool(pathology and pathology.get("freeze") and config["training"].get("feature_cache"))
+
+
+def make_datasets(config: Mapping[str, Any], data_dir: Path, feature_dir: Path | None) -> dict[str, Any]:
+    from zoo.data import BreastCancerMultiModalDataset
+
+    datasets = {}
+    for split in SPLITS:
+        dataset = BreastCancerMultiModalDataset.from_config(config, split, data_dir=data_dir, feature_dir=feature_dir,
+                                                            train=(split == "train"))
+        if len(dataset) == 0:
+            raise TrainingSetupError(f"split {split!r} of {data_dir} has no patients ({data_dir}/{split}_clinical.csv "
+                                     "is empty); regenerate the cohort or fix the CSV")
+        datasets[split] = dataset
+    return datasets
+
+
+def check_modalities_available(entry: Any, dataset: Any, data_dir: Path) -> None:
+    """An entry needing a modality that no training patient has cannot learn it: say so before training."""
+    availability = dataset.modality_availability()
+    missing = [m for m in entry.modalities if not availability.get(m, 0)]
+    if missing:
+        raise TrainingSetupError(
+            f"entry {entry.name!r} needs {missing} but no patient in {data_dir} (train split) has "
+            f"{' or '.join(missing)} data; add that data, or pick an entry without it (python -m zoo.sweep --help)")
+
+
+def make_loaders(config: Mapping[str, Any], datasets: Mapping[str, Any], seed: int) -> dict[str, DataLoader]:
+    from zoo.data import collate_multimodal
+
+    batch_size = int(config["data"]["batch_size"])
+    workers = int(config["data"]["num_workers"])
+    loaders = {}
+    for split, dataset in datasets.items():
+        train = split == "train"
+        if ddp.is_distributed():
+            sampler = DistributedSampler(dataset, shuffle=train, seed=seed) if train else ddp.ShardSampler(len(dataset))
+            kwargs: dict[str, Any] = {"sampler": sampler}
+        else:
+            kwargs = {"shuffle": train, "generator": torch.Generator().manual_seed(seed) if train else None}
+        loaders[split] = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                    collate_fn=collate_multimodal, persistent_workers=False,
+                                    drop_last=False, **kwargs)
+    return loaders
+
+
+def prepare_feature_cache(config: Mapping[str, Any], model: torch.nn.Module, data_dir: Path, device: torch.device,
+                          progress: bool, log: Callable[[str], None]) -> Path | None:
+    if not uses_feature_cache(config):
+        return None
+    from zoo.features import ensure_features
+
+    settings = pathology_settings(config)
+    t0 = time.perf_counter()
+    report = ensure_features(data_dir, model.patch_encoder, patch_size=settings["patch_size"],
+                             level=settings["level"], device=device, progress=progress)
+    log(f"feature cache {report.directory}: {len(report.computed)} slide(s) computed, {len(report.reused)} reused "
+        f"({time.perf_counter() - t0:.1f} s)")
+    return report.directory
+
+
+def preprocessing_record(config: Mapping[str, Any], train_dataset: Any) -> dict[str, Any]:
+    mri = config["data"]["modalities"]["mri"]
+    clinical = getattr(train_dataset, "clinical_preprocessor", None)
+    return {
+        "clinical": clinical.to_dict() if clinical is not None else None,
+        "mri": {"sequences": list(mri["sequences"]), "target_spacing": list(mri["target_spacing"]),
+                "output_shape": list(mri["output_shape"])},
+        "pathology": pathology_settings(config),
+    }
+
+
+def ensure_data(config: Mapping[str, Any], data_dir: Path, log: Callable[[str], None]) -> None:
+    from zoo.data.prepare import ensure_cohort
+
+    if ddp.is_main_process():
+        t0 = time.perf_counter()
+        ensure_cohort(data_dir, config=config, log=log)
+        log(f"cohort ready in {data_dir} ({time.perf_counter() - t0:.1f} s)")
+    ddp.barrier()
+
+
+def run_training(
+    entry_name: str,
+    *,
+    config_file: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    recipe: str | None = None,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> dict[str, Any]:
+    """Train `entry_name` and return the trainer's metrics (with test metrics); writes outputs/<entry>/."""
+    log = log if ddp.is_main_process() else (lambda _m: None)
+    if recipe is None:
+        recipe, why = default_recipe()
+        log(f"recipe: {recipe} ({why})")
+    else:
+        log(f"recipe: {recipe} (requested)")
+    entry, config = resolve_entry_config(entry_name, recipe, config_file, overrides)
+    if data_dir is not None:
+        config["data"]["data_dir"] = str(data_dir)
+    data_dir = Path(config["data"]["data_dir"])
+    output_dir = Path(output_dir) if output_dir is not None else Path("outputs") / entry.name
+    seed = int(config["training"]["seed"])
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+
+    ensure_data(config, data_dir, log)
+    seed_everything(seed)
+    from zoo.models import build_model_from_config
+
+    model = build_model_from_config(config["model"])
+    feature_dir = prepare_feature_cache(config, model, data_dir, device, progress, log)
+    datasets = make_datasets(config, data_dir, feature_dir)
+    check_modalities_available(entry, datasets["train"], data_dir)
+    loaders = make_loaders(config, datasets, seed)
+    log(f"{entry.name}: modalities {', '.join(entry.modalities)}; fusion {getattr(entry, 'fusion', '-')}; "
+        f"{sum(len(d) for d in datasets.values())} patients "
+        f"(train {len(datasets['train'])}, val {len(datasets['val'])}, test {len(datasets['test'])}); "
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; device {device}")
+    trainer = MultimodalTrainer(
+        model, config, loaders["train"], loaders["val"], output_dir=output_dir, entry=entry,
+        test_loader=loaders["test"], device=device, preprocessing=preprocessing_record(config, datasets["train"]),
+        resume=resume, progress=progress, log=log, on_epoch_end=on_epoch_end)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    log(f"trained {result['epochs_run']} epoch(s) in {time.perf_counter() - t0:.1f} s; best epoch "
+        f"{result['best_epoch'] + 1}, best val F1 {result['best_val_f1']:.3f}, val AUC {result['best_val_auc']:.3f}")
+    log(format_results_table(result["test"], CLASS_NAMES, title=f"{entry.name}: test split (best checkpoint)"))
+    log(f"outputs: {output_dir}/(best.pt, last.pt, metrics.json, config.yaml, tensorboard/)")
+    return result
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("entry", help="zoo entry name, e.g. attention, gated-path_mri, pathology_only")
+    parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. training.epochs=5")
+    parser.add_argument("--config", default=None, help="YAML file of config overrides applied over the entry")
+    parser.add_argument("--data-dir", default=None, help="cohort directory (default: data.data_dir of the config)")
+    parser.add_argument("--recipe", choices=["gpu", "cpu", "tiny"], default=None,
+                        help="default: gpu when CUDA is available, else cpu")
+    parser.add_argument("--output-dir", default=None, help="default: outputs/<entry>")
+    parser.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pt")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    ddp.init_from_env()
+    try:
+        run_training(args.entry, config_file=args.config, data_dir=args.data_dir, recipe=args.recipe,
+                     output_dir=args.output_dir, resume=args.resume, overrides=args.overrides)
+    except (TrainingSetupError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ddp.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
