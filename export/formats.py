@@ -30,10 +30,14 @@ class ExportFormat(Protocol):
     name: str
     suffix: str
     default_output_dir: str
+    precisions: tuple[str, ...]
 
     def export(self, module: nn.Module, example: tuple[torch.Tensor, ...], signature: Signature, path: Path,
                opset: int) -> dict[str, Any]:
         """Write `module` to `path`; return facts for the manifest (exporter used, extra files)."""
+
+    def set_precision(self, path: Path, precision: str) -> None:
+        """Convert the written fp32 file in place to `precision` (inputs and outputs keep their dtypes)."""
 
     def verify(self, path: Path, signature: Signature) -> None:
         """Raise if the written file is invalid or its inputs/outputs differ from `signature`."""
@@ -47,6 +51,7 @@ class ExportError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------------- ONNX
+ONNX_EXPORTERS = ("dynamo", "legacy")
 ONNX_DTYPES = {"uint8": 2, "bool": 9, "float32": 1, "float16": 10, "int64": 7}  # onnx.TensorProto enum values
 
 
@@ -59,25 +64,32 @@ class OnnxFormat:
     name: str = "onnx"
     suffix: str = ".onnx"
     default_output_dir: str = "exports"
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    exporter: str = "dynamo"  # "dynamo" (torch.export, falls back to legacy on failure) or "legacy" (dynamo=False)
+
+    def __post_init__(self) -> None:
+        if self.exporter not in ONNX_EXPORTERS:
+            raise ValueError(f"unknown ONNX exporter {self.exporter!r}; expected one of {ONNX_EXPORTERS}")
 
     def export(self, module: nn.Module, example: tuple[torch.Tensor, ...], signature: Signature, path: Path,
                opset: int) -> dict[str, Any]:
-        external = parameter_bytes(module) > ONNX_PROTOBUF_LIMIT * 0.9
-        try:
-            self._export_dynamo(module, example, signature, path, opset, external)
-            exporter = "dynamo"
-        except Exception as exc:  # the torch.export tracer rejects some code paths; the legacy tracer may not
-            log.warning("dynamo ONNX export of %s failed (%s: %s); falling back to dynamo=False",
-                        path.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            for stale in (path, path.with_name(path.name + ".data")):
-                stale.unlink(missing_ok=True)
+        exporter = self.exporter
+        if exporter == "dynamo":
+            external = parameter_bytes(module) > ONNX_PROTOBUF_LIMIT * 0.9
+            try:
+                self._export_dynamo(module, example, signature, path, opset, external)
+            except Exception as exc:  # torch.export rejects some code paths the legacy tracer handles
+                first_line = str(exc).splitlines()[0] if str(exc) else ""
+                log.warning("dynamo ONNX export of %s failed (%s: %s); falling back to dynamo=False",
+                            path.name, type(exc).__name__, first_line)
+                for stale in (path, path.with_name(path.name + ".data")):
+                    stale.unlink(missing_ok=True)
+                exporter = f"legacy (dynamo failed: {type(exc).__name__}: {first_line[:200]})"
+        if exporter != "dynamo":
             self._export_legacy(module, example, signature, path, opset)
-            exporter = "torchscript-onnx (dynamo export failed: " + type(exc).__name__ + ")"
         files = [path.name]
         data = path.with_name(path.name + ".data")
         if data.exists():
-            if not external:
-                raise ExportError(f"{path.name}: exporter wrote external data although the graph is small")
             files.append(data.name)
         return {"exporter": exporter, "files": files}
 
@@ -102,6 +114,16 @@ class OnnxFormat:
                 module, example, str(path), dynamo=False, dynamic_axes=dynamic_axes,
                 input_names=signature.input_names, output_names=signature.output_names, opset_version=opset,
             )
+
+    def set_precision(self, path: Path, precision: str) -> None:
+        if precision == "fp32":
+            return
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        # Weights and compute in fp16; graph inputs/outputs stay as declared (uint8/bool/float32) via casts.
+        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+        onnx.save(model, str(path), save_as_external_data=False)
 
     def verify(self, path: Path, signature: Signature) -> None:
         import onnx
@@ -173,6 +195,11 @@ class TorchScriptFormat:
     name: str = "torchscript"
     suffix: str = ".pt"
     default_output_dir: str = "exports_torchscript"
+    precisions: tuple[str, ...] = ("fp32",)
+
+    def set_precision(self, path: Path, precision: str) -> None:
+        if precision != "fp32":
+            raise ExportError(f"TorchScript export is fp32 only, not {precision}")
 
     def export(self, module: nn.Module, example: tuple[torch.Tensor, ...], signature: Signature, path: Path,
                opset: int) -> dict[str, Any]:

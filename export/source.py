@@ -4,7 +4,6 @@ Checkpoints are read with `torch.load(weights_only=True)` (via `zoo.checkpoint.l
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -65,21 +64,13 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def entry_names() -> list[str]:
-    from zoo.registry import list_entries
-
-    return [getattr(e, "name", e) for e in list_entries()]
-
-
 def get_entry(name: str) -> Any:
     from zoo.registry import get_entry as registry_get
 
     try:
         return registry_get(name)
-    except KeyError:
-        close = difflib.get_close_matches(name, entry_names(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; list them with python -c 'import zoo; print(zoo.list_entries())'"
-        raise SourceError(f"unknown zoo entry {name!r}{hint}") from None
+    except KeyError as exc:
+        raise SourceError(str(exc.args[0]) if exc.args else f"unknown zoo entry {name!r}") from None
 
 
 def resolve_targets(items: list[str], checkpoint_root: Path = DEFAULT_CHECKPOINT_ROOT) -> list[Target]:

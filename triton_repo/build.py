@@ -24,7 +24,6 @@ from triton_repo import manifest as mf
 from triton_repo.plan import FLAVORS, BuildOptions, model_configs
 
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("python_model") / "model.py"
-SERVED_ONNX_NAME = "model.onnx"
 REPO_MANIFEST_NAME = "manifest.json"  # copy of the export manifest inside the `<entry>` ensemble directory
 
 
@@ -45,10 +44,10 @@ def _write_model(stage: Path, config: cfg_mod.ModelConfig, part: mf.PartSpec | N
     (stage / "config.pbtxt").write_text(cfg_mod.render(config))
     if part is None:
         return
-    served = version_dir / SERVED_ONNX_NAME
-    _link_or_copy(part.path, served)
-    # A served file must be the exported one, byte for byte.
-    mf.verify_part(mf.PartSpec(part.name, served, part.sha256, part.inputs, part.outputs))
+    # The graph keeps its exported name: external weight files refer to each other by name.
+    for name, _ in part.all_files:
+        _link_or_copy(part.path.parent / name, version_dir / name)
+    mf.verify_part(part, version_dir)  # a served file must be the exported one, byte for byte
     if FLAVORS[flavor].runs_python_model:
         shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / "model.py")
 

@@ -64,6 +64,11 @@ class PartSpec:
     sha256: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    files: tuple[tuple[str, str], ...] = ()  # every file of the part (graph + external data): (name, sha256)
+
+    @property
+    def all_files(self) -> tuple[tuple[str, str], ...]:
+        return self.files or ((self.path.name, self.sha256),)
 
     def input(self, index: int = 0) -> TensorSpec:
         return self.inputs[index]
@@ -143,30 +148,31 @@ def _raw_parts(raw: dict, where: str) -> dict[str, dict]:
     raise ManifestError(f"{where}: no 'parts' mapping; re-run `python -m export.onnx`")
 
 
-def _read_raw(path: Path) -> dict:
+def _read_raw(path: Path, verify_files: bool) -> dict:
     try:
-        from export.manifest import load_manifest  # the exporter's own reader, when present
+        from export.manifest import ManifestError as ExportManifestError
+        from export.manifest import load_manifest  # the exporter's own validator: schema, sha256, parity
     except ImportError:
         load_manifest = None
     if load_manifest is not None:
-        loaded = load_manifest(path)
-        if not isinstance(loaded, dict):
-            loaded = loaded.to_dict() if hasattr(loaded, "to_dict") else vars(loaded)
-        return loaded
+        try:
+            return load_manifest(path, verify_files=verify_files)
+        except ExportManifestError as err:
+            raise ManifestError(str(err)) from None
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ManifestError(f"{path}: not valid JSON ({err})") from None
 
 
-def load(export_dir: str | Path) -> ExportManifest:
-    """Read `export_dir/manifest.json` into an `ExportManifest`."""
+def load(export_dir: str | Path, verify_files: bool = True) -> ExportManifest:
+    """Read `export_dir/manifest.json` into an `ExportManifest` (verify_files=False for a client's copy)."""
     export_dir = Path(export_dir)
     path = export_dir / MANIFEST_NAME if export_dir.is_dir() else export_dir
     export_dir = path.parent
     if not path.is_file():
         raise ManifestError(f"{path}: no export manifest; run `python -m export.onnx` for this entry first")
-    raw = _read_raw(path)
+    raw = _read_raw(path, verify_files)
     parts = {}
     for name, part in _raw_parts(raw, str(path)).items():
         where = f"{path}: part {name!r}"
@@ -175,7 +181,8 @@ def load(export_dir: str | Path) -> ExportManifest:
         parts[name] = PartSpec(
             name=name, path=export_dir / part["file"], sha256=str(part.get("sha256", "")),
             inputs=tuple(_tensor(t, f"{where} input") for t in part.get("inputs", [])),
-            outputs=tuple(_tensor(t, f"{where} output") for t in part.get("outputs", [])))
+            outputs=tuple(_tensor(t, f"{where} output") for t in part.get("outputs", [])),
+            files=tuple((str(k), str(v)) for k, v in (part.get("files") or {}).items()))
     modalities = tuple(raw.get("modalities") or [m for m in spec.MODALITIES if MODALITY_ENCODER[m] in parts])
     for modality in modalities:
         if modality not in MODALITY_ENCODER:
@@ -194,13 +201,20 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_part(part: PartSpec) -> None:
-    """Refuse a part whose file is missing or whose sha256 differs from the manifest."""
-    if not part.path.is_file():
-        raise ManifestError(f"{part.path}: file of part {part.name!r} is missing; re-export the entry")
-    if not part.sha256:
-        raise ManifestError(f"{part.path}: manifest gives no sha256 for part {part.name!r}; re-export the entry")
-    actual = sha256_of(part.path)
-    if actual != part.sha256:
-        raise ManifestError(f"{part.path}: sha256 {actual} does not match the manifest's {part.sha256} "
-                            f"for part {part.name!r}; the file changed after export, re-export the entry")
+def verify_file(path: Path, sha256: str, part: str) -> None:
+    """Refuse a file that is missing or whose sha256 differs from the manifest."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: file of part {part!r} is missing; re-export the entry")
+    if not sha256:
+        raise ManifestError(f"{path}: manifest gives no sha256 for part {part!r}; re-export the entry")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise ManifestError(f"{path}: sha256 {actual} does not match the manifest's {sha256} "
+                            f"for part {part!r}; the file changed after export, re-export the entry")
+
+
+def verify_part(part: PartSpec, directory: Path | None = None) -> None:
+    """Check every file of `part` (in `directory`, default the export directory) against the manifest."""
+    directory = directory or part.path.parent
+    for name, sha256 in part.all_files:
+        verify_file(directory / name, sha256, part.name)

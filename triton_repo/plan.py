@@ -77,9 +77,10 @@ def part_config(manifest: ExportManifest, part_name: str, options: BuildOptions)
         platform=flavor.platform, backend=flavor.backend,
         instance_kind=flavor.instance_kind, instance_count=options.instance_count,
         dynamic_batching_delay_us=options.batching_delay_us if batching else None,
-        parameters={"entry": manifest.entry, "part": part_name, "export_version": manifest.version},
+        parameters={"entry": manifest.entry, "part": part_name, "export_version": manifest.version,
+                    "onnx_file": part.path.name},
         gpu_accelerators=accelerators,
-        default_model_filename="model.onnx" if not flavor.runs_python_model else "",
+        default_model_filename="" if flavor.runs_python_model else part.path.name,
     )
 
 

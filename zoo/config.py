@@ -4,9 +4,9 @@ The schema is configs/breast_cancer_config.yaml itself: every key there is valid
 expected type, and its value is the default. A config file only needs the keys it changes. Unknown keys and
 wrong types are errors naming the dotted key (and the closest valid key).
 
-One derived rule: `data.modalities.<m>.enabled: false` also removes `<m>` from `model.modalities`, so the data
-section selects the model's modalities. `model.modalities.clinical.input_dim` defaults to
-2 * len(data.modalities.clinical.features) (values + missing-value indicators).
+Derived rules: `data.modalities.<m>.enabled: false` also removes `<m>` from `model.modalities`, so the data
+section selects the model's modalities; the model keys in DERIVED (clinical input_dim, MRI input_channels)
+follow the data keys they depend on (setting them to anything else is an error).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import fnmatch
 import functools
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -193,8 +193,24 @@ def _get(tree: Mapping, dotted: str, default: Any = None) -> Any:
     return node
 
 
-INPUT_DIM_KEY = "model.modalities.clinical.input_dim"
-FEATURES_KEY = "data.modalities.clinical.features"
+# Model keys fixed by data keys: dotted key -> (value from the merged config, how it is derived).
+DERIVED: dict[str, tuple[Callable[[Mapping], Any], str]] = {
+    "model.modalities.clinical.input_dim": (
+        lambda c: 2 * len(_get(c, "data.modalities.clinical.features")),
+        "2 x len(data.modalities.clinical.features) (values + missing-value indicators)",
+    ),
+    "model.modalities.mri.input_channels": (
+        lambda c: len(_get(c, "data.modalities.mri.sequences")),
+        "len(data.modalities.mri.sequences) (one channel per sequence)",
+    ),
+}
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree[part]
+    tree[leaf] = value
 
 
 def resolve_config(layers: Iterable[tuple[str, Mapping]]) -> dict:
@@ -204,14 +220,12 @@ def resolve_config(layers: Iterable[tuple[str, Mapping]]) -> dict:
         validate_config(layer, source)
         merged_layers = merge(merged_layers, layer)
     config = merge(_schema(), merged_layers)
-    expected_dim = 2 * len(_get(config, FEATURES_KEY))
-    explicit_dim = _get(merged_layers, INPUT_DIM_KEY)
-    if explicit_dim is not None and explicit_dim != expected_dim:
-        raise ConfigError(
-            f"{INPUT_DIM_KEY} = {explicit_dim} but {FEATURES_KEY} has {expected_dim // 2} features, which the dataset "
-            f"encodes as {expected_dim} inputs (values + missing-value indicators); set it to {expected_dim} or remove it"
-        )
-    config["model"]["modalities"]["clinical"]["input_dim"] = expected_dim
+    for dotted, (derive, how) in DERIVED.items():
+        expected, explicit = derive(config), _get(merged_layers, dotted)
+        if explicit is not None and explicit != expected:
+            raise ConfigError(f"{dotted} = {explicit} but it must equal {how} = {expected}; "
+                              f"set it to {expected} or leave it out")
+        _set(config, dotted, expected)
     enabled = {m: bool(s.get("enabled", True)) for m, s in config["data"]["modalities"].items()}
     config["model"]["modalities"] = {m: s for m, s in config["model"]["modalities"].items() if enabled.get(m, True)}
     if not config["model"]["modalities"]:

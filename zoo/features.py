@@ -1,9 +1,9 @@
 """Feature cache for frozen patch encoders: DIR/features/<encoder_key>/<slide_id>.h5.
 
-A slide's features are computed once per (encoder weights hash, backbone, input_size, patch size/level, tiling
-file hash, slide file) and reused across epochs and zoo entries. Every input is recorded as an attribute of the
-cached file and compared on use: a stale file (anything changed) is recomputed, never served. Each slide is
-written to a temp file and moved into place, so a killed run loses at most the slide in progress.
+A slide's features are computed once per (encoder weights hash, backbone, input_size, tiling configuration,
+tiling file hash, slide file) and reused across epochs and zoo entries. Every input is recorded as an attribute
+of the cached file and compared on use: a stale file (anything changed) is recomputed, never served. Each slide
+is written to a temp file and moved into place, so a killed run loses at most the slide in progress.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 
 from zoo import distributed as ddp
 from zoo.atomic import atomic_path
+from zoo.data.tile import iter_patch_batches, load_coords
 
 FEATURE_CACHE_VERSION = 1
-TILING_DIRNAME = "wsi_patches"
 FEATURES_DIRNAME = "features"
 
 
@@ -41,36 +41,34 @@ def weights_hash(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class EncoderIdentity:
-    """What determines a patch encoder's output for a given patch."""
+    """What determines a patch encoder's output for the patches of one tiling configuration."""
 
     backbone: str
     input_size: int
     weights_sha256: str
-    patch_size: int
-    level: int
+    tiling: str  # tiling configuration directory name, e.g. ps128_l0_t0.5 (patch size, level, tissue threshold)
 
     @property
     def key(self) -> str:
-        return f"{self.backbone}-in{self.input_size}-ps{self.patch_size}-l{self.level}-{self.weights_sha256[:16]}"
+        return f"{self.backbone}-in{self.input_size}-{self.tiling}-{self.weights_sha256[:16]}"
 
     def attrs(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "input_size": self.input_size, "weights_sha256": self.weights_sha256,
-                "patch_size": self.patch_size, "level": self.level, "encoder_key": self.key}
+                "tiling": self.tiling, "encoder_key": self.key}
 
 
-def encoder_identity(patch_encoder: nn.Module, patch_size: int, level: int) -> EncoderIdentity:
+def encoder_identity(patch_encoder: nn.Module, tiling_dir: str | os.PathLike) -> EncoderIdentity:
     return EncoderIdentity(
         backbone=str(getattr(patch_encoder, "backbone_name", type(patch_encoder).__name__)),
         input_size=int(getattr(patch_encoder, "input_size", 0)),
         weights_sha256=weights_hash(patch_encoder),
-        patch_size=int(patch_size),
-        level=int(level),
+        tiling=Path(tiling_dir).name,
     )
 
 
@@ -78,40 +76,30 @@ def feature_dir(data_dir: str | os.PathLike, identity: EncoderIdentity) -> Path:
     return Path(data_dir) / FEATURES_DIRNAME / identity.key
 
 
-def _slide_stat(slide_path: str) -> tuple[int, int]:
-    st = os.stat(slide_path)
-    return int(st.st_size), int(st.st_mtime_ns)
-
-
 def expected_attrs(identity: EncoderIdentity, tiling_path: Path) -> dict[str, Any]:
-    with h5py.File(tiling_path, "r") as fh:
-        slide_path = str(fh.attrs["slide_path"])
-        tiling_patch_size = int(fh.attrs["patch_size"])
-        tiling_level = int(fh.attrs["level"])
-    if (tiling_patch_size, tiling_level) != (identity.patch_size, identity.level):
-        raise ValueError(
-            f"tiling {tiling_path} has patch_size={tiling_patch_size}, level={tiling_level} but the config asks for "
-            f"patch_size={identity.patch_size}, level={identity.level}; re-tile the cohort (python -m zoo.data.tile)")
-    size, mtime = _slide_stat(slide_path)
+    """Every input the cached features depend on, as HDF5 attributes."""
+    _, tiling_attrs = load_coords(tiling_path)
+    slide_path = str(tiling_attrs["slide_path"])
+    st = os.stat(slide_path)
     return {**identity.attrs(), "tiling_sha256": sha256_file(tiling_path), "slide_path": slide_path,
-            "slide_size": size, "slide_mtime_ns": mtime, "version": FEATURE_CACHE_VERSION}
+            "slide_size": int(st.st_size), "slide_mtime_ns": int(st.st_mtime_ns),
+            "patch_size": int(tiling_attrs["patch_size"]), "level": int(tiling_attrs["level"]),
+            "version": FEATURE_CACHE_VERSION}
 
 
 def cache_is_valid(path: Path, expected: dict[str, Any]) -> bool:
-    """True when `path` holds features computed from exactly the `expected` inputs."""
+    """True when `path` holds complete features computed from exactly the `expected` inputs."""
     if not path.is_file():
         return False
     try:
         with h5py.File(path, "r") as fh:
             if "features" not in fh:
                 return False
-            stored = {k: fh.attrs.get(k) for k in expected}
-            n_coords = int(fh.attrs.get("num_patches", -1))
-            complete = fh["features"].shape[0] == n_coords
+            stored = {k: _as_py(fh.attrs.get(k)) for k in expected}
+            complete = fh["features"].shape[0] == int(fh.attrs.get("num_patches", -1))
     except (OSError, KeyError):
         return False
-    same = all(_as_py(stored[k]) == _as_py(v) for k, v in expected.items())
-    return same and complete
+    return complete and all(stored[k] == _as_py(v) for k, v in expected.items())
 
 
 def _as_py(value: Any) -> Any:
@@ -122,38 +110,21 @@ def _as_py(value: Any) -> Any:
     return value
 
 
-def read_tiling(tiling_path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    with h5py.File(tiling_path, "r") as fh:
-        return np.asarray(fh["coords"], dtype=np.int64), {k: _as_py(v) for k, v in fh.attrs.items()}
+# (slide_path, coords [N,2], patch_size, level) -> iterable of (coords chunk, uint8 patches [b,3,H,W])
+PatchReader = Callable[[str, np.ndarray, int, int], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 
-PatchReader = Callable[[str, np.ndarray, int, int], Iterable[np.ndarray]]
-
-
-def openslide_patch_reader(slide_path: str, coords: np.ndarray, level: int, patch_size: int,
-                           chunk: int = 64) -> Iterable[np.ndarray]:
-    """Yield uint8 [n,3,H,W] chunks of the patches at level-0 `coords` read from the slide at `level`."""
-    import openslide
-
-    slide = openslide.OpenSlide(slide_path)
-    try:
-        for start in range(0, len(coords), chunk):
-            patches = [
-                np.asarray(slide.read_region((int(x), int(y)), level, (patch_size, patch_size)).convert("RGB"))
-                for x, y in coords[start:start + chunk]
-            ]
-            yield np.stack(patches).transpose(0, 3, 1, 2)
-    finally:
-        slide.close()
+def default_reader(slide_path: str, coords: np.ndarray, patch_size: int, level: int):
+    return iter_patch_batches(slide_path, coords, patch_size, level, batch_size=64)
 
 
 @torch.no_grad()
 def encode_slide(patch_encoder: nn.Module, coords: np.ndarray, tiling_attrs: dict[str, Any],
-                 device: torch.device, reader: PatchReader = openslide_patch_reader) -> np.ndarray:
+                 device: torch.device, reader: PatchReader = default_reader) -> np.ndarray:
     chunks = [
-        patch_encoder(torch.from_numpy(np.ascontiguousarray(batch)).to(device)).float().cpu().numpy()
-        for batch in reader(str(tiling_attrs["slide_path"]), coords, int(tiling_attrs["level"]),
-                            int(tiling_attrs["patch_size"]))
+        patch_encoder(torch.from_numpy(np.ascontiguousarray(patches)).to(device)).float().cpu().numpy()
+        for _, patches in reader(str(tiling_attrs["slide_path"]), coords, int(tiling_attrs["patch_size"]),
+                                 int(tiling_attrs["level"]))
     ]
     out_dim = int(getattr(patch_encoder, "out_dim", 0))
     return np.concatenate(chunks) if chunks else np.zeros((0, out_dim), dtype=np.float32)
@@ -180,28 +151,26 @@ def ensure_features(
     data_dir: str | os.PathLike,
     patch_encoder: nn.Module,
     *,
-    patch_size: int,
-    level: int,
+    tiling_dir: str | os.PathLike,
     slide_ids: Sequence[str] | None = None,
     device: str | torch.device = "cpu",
-    reader: PatchReader = openslide_patch_reader,
+    reader: PatchReader = default_reader,
     progress: bool = True,
 ) -> CacheReport:
-    """Make DIR/features/<key>/<slide>.h5 current for every tiled slide (or `slide_ids`); returns what was done.
+    """Make DIR/features/<key>/<slide>.h5 current for every slide tiled in `tiling_dir` (or `slide_ids`).
 
-    Under DDP, ranks share the slides and meet at a barrier. A slide that fails is reported with its error and
-    the others are still cached; a ValueError naming the failed slides is raised at the end.
+    Under DDP, ranks share the slides and meet when reports are merged. A slide that fails is reported with
+    its error and the others are still cached; a ValueError naming the failed slides is raised at the end.
     """
-    data_dir = Path(data_dir)
-    tiling_dir = data_dir / TILING_DIRNAME
+    data_dir, tiling_dir = Path(data_dir), Path(tiling_dir)
     if slide_ids is None:
         slide_ids = sorted(p.stem for p in tiling_dir.glob("*.h5"))
     if not slide_ids:
-        raise FileNotFoundError(f"no tiled slides under {tiling_dir}; tile the cohort first (python -m zoo.data.tile)")
+        raise FileNotFoundError(f"no tiled slides in {tiling_dir}; tile the cohort first (python -m zoo.data.tile)")
     device = torch.device(device)
     was_training = patch_encoder.training
     patch_encoder.eval().to(device)
-    identity = encoder_identity(patch_encoder, patch_size, level)
+    identity = encoder_identity(patch_encoder, tiling_dir)
     report = CacheReport(feature_dir(data_dir, identity))
     mine = list(slide_ids)[ddp.rank()::ddp.world_size()]
     bar = tqdm(mine, desc=f"feature cache {identity.key}", disable=not (progress and ddp.is_main_process()),
@@ -216,7 +185,7 @@ def ensure_features(
             if cache_is_valid(target, expected):
                 report.reused.append(slide_id)
                 continue
-            coords, tiling_attrs = read_tiling(tiling_path)
+            coords, tiling_attrs = load_coords(tiling_path)
             features = encode_slide(patch_encoder, coords, tiling_attrs, device, reader)
             write_features(target, features, coords, {**expected, "slide_id": slide_id})
             report.computed.append(slide_id)
@@ -226,7 +195,7 @@ def ensure_features(
     merged = _merge_reports(report)
     if merged.failed:
         details = "; ".join(f"{k}: {v}" for k, v in sorted(merged.failed.items()))
-        raise ValueError(f"feature caching failed for {len(merged.failed)} slide(s) (others were cached in "
+        raise ValueError(f"feature caching failed for {len(merged.failed)} slide(s) (the others were cached in "
                          f"{merged.directory}): {details}")
     return merged
 

@@ -37,15 +37,31 @@ def default_recipe() -> tuple[str, str]:
     return "cpu", "CUDA is not available, so the CPU recipe (frozen encoder + feature cache, small sizes) is used"
 
 
+def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """{'a': {'b': 1}} -> [('a.b', 1)] (the override form entry.config accepts)."""
+    items: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        items += flatten_tree(value, dotted + ".") if isinstance(value, Mapping) else [(dotted, value)]
+    return items
+
+
 def resolve_entry_config(entry_name: str, recipe: str, config_file: str | Path | None,
                          overrides: Sequence[str]) -> tuple[Any, dict]:
+    """Entry config under `recipe`, then the --config file's keys, then key=value overrides."""
+    from zoo.config import read_yaml, validate_config
     from zoo.registry import get_entry
 
     try:
         entry = get_entry(entry_name)
     except KeyError as exc:
-        raise TrainingSetupError(str(exc.args[0]) if exc.args else f"unknown zoo entry {entry_name!r}") from exc
-    return entry, entry.config(recipe, overrides=list(overrides), config_file=config_file)
+        raise TrainingSetupError(str(exc.args[0])) from None
+    file_layer: list[tuple[str, Any]] = []
+    if config_file is not None:
+        tree = read_yaml(config_file)
+        validate_config(tree, str(config_file))
+        file_layer = flatten_tree(tree)
+    return entry, entry.config(recipe, overrides=[*file_layer, *overrides])
 
 
 def pathology_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,13 +78,14 @@ def uses_feature_cache(config: Mapping[str, Any]) -> bool:
     return bool(pathology and pathology.get("freeze") and config["training"].get("feature_cache"))
 
 
-def make_datasets(config: Mapping[str, Any], data_dir: Path, feature_dir: Path | None) -> dict[str, Any]:
+def make_datasets(config: Mapping[str, Any], feature_dir: Path | None) -> dict[str, Any]:
     from zoo.data import BreastCancerMultiModalDataset
 
+    data_dir = Path(config["data"]["data_dir"])
     datasets = {}
     for split in SPLITS:
-        dataset = BreastCancerMultiModalDataset.from_config(config, split, data_dir=data_dir, feature_dir=feature_dir,
-                                                            train=(split == "train"))
+        dataset = BreastCancerMultiModalDataset.from_config(config, split, training=(split == "train"),
+                                                            feature_dir=feature_dir)
         if len(dataset) == 0:
             raise TrainingSetupError(f"split {split!r} of {data_dir} has no patients ({data_dir}/{split}_clinical.csv "
                                      "is empty); regenerate the cohort or fix the CSV")
@@ -76,14 +93,33 @@ def make_datasets(config: Mapping[str, Any], data_dir: Path, feature_dir: Path |
     return datasets
 
 
-def check_modalities_available(entry: Any, dataset: Any, data_dir: Path) -> None:
+def modality_availability(dataset: Any) -> dict[str, int]:
+    """How many patients of `dataset` have each enabled modality (cheap: file checks, no pixels read)."""
+    from zoo.data.mri import processed_path
+    from zoo.data.prepare import mri_processed_dir
+
+    counts = {}
+    if dataset.use["pathology"]:
+        counts["pathology"] = sum(dataset.num_patches(pid) > 0 for pid in dataset.patient_ids)
+    if dataset.use["mri"]:
+        mri_dir = mri_processed_dir(dataset.data_dir)
+        counts["mri"] = sum(all(processed_path(mri_dir, pid, seq).is_file() for seq in dataset.mri_sequences)
+                            for pid in dataset.patient_ids)
+    if dataset.use["clinical"]:
+        counts["clinical"] = len(dataset.patient_ids)
+    return counts
+
+
+def check_modalities_available(entry: Any, dataset: Any) -> dict[str, int]:
     """An entry needing a modality that no training patient has cannot learn it: say so before training."""
-    availability = dataset.modality_availability()
-    missing = [m for m in entry.modalities if not availability.get(m, 0)]
+    counts = modality_availability(dataset)
+    missing = [m for m in entry.modalities if not counts.get(m, 0)]
     if missing:
         raise TrainingSetupError(
-            f"entry {entry.name!r} needs {missing} but no patient in {data_dir} (train split) has "
-            f"{' or '.join(missing)} data; add that data, or pick an entry without it (python -m zoo.sweep --help)")
+            f"entry {entry.name!r} needs {' and '.join(missing)}, but no patient of the train split in "
+            f"{dataset.data_dir} has {' or '.join(missing)} data; add it (see python -m zoo.data.prepare) or train "
+            "an entry without that modality (python -m zoo lists them)")
+    return counts
 
 
 def make_loaders(config: Mapping[str, Any], datasets: Mapping[str, Any], seed: int) -> dict[str, DataLoader]:
@@ -105,16 +141,22 @@ def make_loaders(config: Mapping[str, Any], datasets: Mapping[str, Any], seed: i
     return loaders
 
 
-def prepare_feature_cache(config: Mapping[str, Any], model: torch.nn.Module, data_dir: Path, device: torch.device,
+def cohort_tiling_dir(config: Mapping[str, Any]) -> Path:
+    from zoo.data.prepare import tiling_dir
+
+    p = config["data"]["modalities"]["pathology"]
+    return tiling_dir(config["data"]["data_dir"], p["patch_size"], p["level"], p["tissue_threshold"])
+
+
+def prepare_feature_cache(config: Mapping[str, Any], model: torch.nn.Module, device: torch.device,
                           progress: bool, log: Callable[[str], None]) -> Path | None:
     if not uses_feature_cache(config):
         return None
     from zoo.features import ensure_features
 
-    settings = pathology_settings(config)
     t0 = time.perf_counter()
-    report = ensure_features(data_dir, model.patch_encoder, patch_size=settings["patch_size"],
-                             level=settings["level"], device=device, progress=progress)
+    report = ensure_features(config["data"]["data_dir"], model.patch_encoder, tiling_dir=cohort_tiling_dir(config),
+                             device=device, progress=progress)
     log(f"feature cache {report.directory}: {len(report.computed)} slide(s) computed, {len(report.reused)} reused "
         f"({time.perf_counter() - t0:.1f} s)")
     return report.directory
@@ -131,12 +173,23 @@ def preprocessing_record(config: Mapping[str, Any], train_dataset: Any) -> dict[
     }
 
 
-def ensure_data(config: Mapping[str, Any], data_dir: Path, log: Callable[[str], None]) -> None:
-    from zoo.data.prepare import ensure_cohort
+def ensure_data(config: Mapping[str, Any], generate_if_missing: bool, progress: bool,
+                log: Callable[[str], None]) -> None:
+    """Cohort present, tiled for this config's patch settings, MRI preprocessed (rank 0 does it; others wait)."""
+    from zoo.data.prepare import cohort_exists, ensure_cohort
 
+    data_dir = Path(config["data"]["data_dir"])
+    if not generate_if_missing and not cohort_exists(data_dir):
+        raise TrainingSetupError(
+            f"data dir {data_dir} holds no cohort ({{train,val,test}}_clinical.csv missing); generate one with "
+            f"python -m zoo.data.synthetic --output-dir {data_dir}, or omit --data-dir to use (and on first use "
+            "generate) the quickstart cohort")
     if ddp.is_main_process():
         t0 = time.perf_counter()
-        ensure_cohort(data_dir, config=config, log=log)
+        p, m = config["data"]["modalities"]["pathology"], config["data"]["modalities"]["mri"]
+        ensure_cohort(data_dir, generate_if_missing=generate_if_missing, patch_size=p["patch_size"], level=p["level"],
+                      tissue_threshold=p["tissue_threshold"], target_spacing=m["target_spacing"],
+                      output_shape=m["output_shape"], progress=progress)
         log(f"cohort ready in {data_dir} ({time.perf_counter() - t0:.1f} s)")
     ddp.barrier()
 
@@ -164,23 +217,23 @@ def run_training(
     entry, config = resolve_entry_config(entry_name, recipe, config_file, overrides)
     if data_dir is not None:
         config["data"]["data_dir"] = str(data_dir)
-    data_dir = Path(config["data"]["data_dir"])
     output_dir = Path(output_dir) if output_dir is not None else Path("outputs") / entry.name
     seed = int(config["training"]["seed"])
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
 
-    ensure_data(config, data_dir, log)
+    ensure_data(config, generate_if_missing=data_dir is None, progress=progress, log=log)
     seed_everything(seed)
     from zoo.models import build_model_from_config
 
     model = build_model_from_config(config["model"])
-    feature_dir = prepare_feature_cache(config, model, data_dir, device, progress, log)
-    datasets = make_datasets(config, data_dir, feature_dir)
-    check_modalities_available(entry, datasets["train"], data_dir)
+    feature_dir = prepare_feature_cache(config, model, device, progress, log)
+    datasets = make_datasets(config, feature_dir)
+    available = check_modalities_available(entry, datasets["train"])
     loaders = make_loaders(config, datasets, seed)
     log(f"{entry.name}: modalities {', '.join(entry.modalities)}; fusion {getattr(entry, 'fusion', '-')}; "
         f"{sum(len(d) for d in datasets.values())} patients "
-        f"(train {len(datasets['train'])}, val {len(datasets['val'])}, test {len(datasets['test'])}); "
+        f"(train {len(datasets['train'])}, val {len(datasets['val'])}, test {len(datasets['test'])}; train patients "
+        f"with each modality: {available}); "
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; device {device}")
     trainer = MultimodalTrainer(
         model, config, loaders["train"], loaders["val"], output_dir=output_dir, entry=entry,
@@ -205,16 +258,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="default: gpu when CUDA is available, else cpu")
     parser.add_argument("--output-dir", default=None, help="default: outputs/<entry>")
     parser.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pt")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from zoo.config import ConfigError
+
     args = parse_args(argv)
     ddp.init_from_env()
     try:
         run_training(args.entry, config_file=args.config, data_dir=args.data_dir, recipe=args.recipe,
                      output_dir=args.output_dir, resume=args.resume, overrides=args.overrides)
-    except (TrainingSetupError, FileNotFoundError) as exc:
+    except (TrainingSetupError, ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -27,7 +27,7 @@ from zoo.atomic import atomic_write_json
 from zoo.attention_plots import fusion_bar_figure, fusion_by_class_figure, heatmap_figure, top_k_figure
 from zoo.attention_score import load_tumour_mask, score_slide, summarise
 from zoo.checkpoint import load_checkpoint
-from zoo.features import openslide_patch_reader, read_tiling
+from zoo.data.tile import iter_patch_batches, load_coords
 from zoo.spec import (AUX_FUSION_ATTENTION, AUX_PATHOLOGY_ATTENTION, CLINICAL_ID, KEY_LABEL, KEY_PATHOLOGY_COORDS,
                       KEY_PATHOLOGY_MASK, KEY_PATIENT_ID, KEY_SLIDE_IDS)
 from zoo.trainer import model_inputs
@@ -122,8 +122,13 @@ def slide_thumbnail(slide_path: str, max_size: int = 1024) -> tuple[np.ndarray, 
         slide.close()
 
 
-def tiling_info(data_dir: Path, slide_id: str) -> dict[str, Any]:
-    return read_tiling(data_dir / "wsi_patches" / f"{slide_id}.h5")[1]
+def tiling_info(config: dict[str, Any], slide_id: str) -> dict[str, Any]:
+    from zoo.data.prepare import tiling_dir
+
+    pathology = config["data"]["modalities"]["pathology"]
+    directory = tiling_dir(config["data"]["data_dir"], pathology["patch_size"], pathology["level"],
+                          pathology["tissue_threshold"])
+    return load_coords(directory / f"{slide_id}.h5")[1]
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -145,16 +150,17 @@ def cmd_mil(args: argparse.Namespace) -> list[Path]:
     top = flat[: args.top_k]
     patches, titles = [], []
     for weight, slide_id, xy in top:
-        info = tiling_info(data_dir, slide_id)
-        patches.append(next(iter(openslide_patch_reader(str(info["slide_path"]), np.asarray([xy]),
-                                                        int(info["level"]), int(info["patch_size"]))))[0])
+        info = tiling_info(config, slide_id)
+        _, patch = next(iter_patch_batches(str(info["slide_path"]), np.asarray([xy]), int(info["patch_size"]),
+                                           int(info["level"]), batch_size=1))
+        patches.append(patch[0])
         titles.append(f"{slide_id} ({xy[0]}, {xy[1]})")
     predicted = payload["class_names"][int(probs.argmax())]
     written.append(top_k_figure(np.stack(patches), [t[0] for t in top], titles,
                                 out_dir / f"mil_attention_{args.patient_id}.png",
                                 suptitle=f"{args.patient_id}: top-{len(top)} patches (predicted {predicted})"))
     for slide_id, coords, weights in slides:
-        info = tiling_info(data_dir, slide_id)
+        info = tiling_info(config, slide_id)
         thumb, scale = slide_thumbnail(str(info["slide_path"]))
         try:
             mask, _ = load_tumour_mask(data_dir, slide_id)
@@ -210,7 +216,7 @@ def cmd_attention_score(args: argparse.Namespace) -> list[Path]:
             continue
         _, aux = forward(model, batch)
         for slide_id, coords, weights in slide_attention(batch, aux[AUX_PATHOLOGY_ATTENTION]):
-            info = tiling_info(data_dir, slide_id)
+            info = tiling_info(config, slide_id)
             scores.append(score_slide(data_dir, slide_id, coords, weights, float(info["patch_size_level0"])))
     if not scores:
         raise VizError(f"no slide with patches in the {args.split!r} split of {data_dir}")

@@ -1,6 +1,7 @@
 """Against the real tritonserver: parity with in-process onnxruntime, chunked streaming, errors, loopback only."""
 from __future__ import annotations
 
+import ipaddress
 import tracemalloc
 
 import numpy as np
@@ -181,7 +182,10 @@ def test_server_listens_on_loopback_only(server):
     listening = [c.laddr for c in psutil.Process(server.pid).net_connections(kind="inet")
                  if c.status == psutil.CONN_LISTEN]
     assert ports <= {addr.port for addr in listening}
-    assert all(addr.ip == "127.0.0.1" for addr in listening if addr.port in ports)
+    for addr in listening:
+        ip = ipaddress.ip_address(addr.ip)
+        ip = getattr(ip, "ipv4_mapped", None) or ip  # gRPC reports ::ffff:127.0.0.1
+        assert ip.is_loopback, f"tritonserver listens on {addr.ip}:{addr.port}"
 
 
 def test_client_cli_prints_probabilities(server, repository, patient, capsys):

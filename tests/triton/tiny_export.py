@@ -1,7 +1,8 @@
-"""A tiny hand-built export (ONNX graphs + manifest.json) with the layout `export.onnx` writes.
+"""A tiny hand-built export (ONNX graphs + manifest.json, schema v1 of export.manifest) for the serving tests.
 
-Used while the real exporter is not available in this checkout; each graph has fixed random weights so results
-are non-trivial, and the bag axis is dynamic exactly as in the real parts.
+Stand-in for `python -m export.onnx` while the exporter is not in this checkout: each served part is a small real
+ONNX graph with fixed random weights and the real parts' tensor names, dtypes and dynamic axes. The `model` part
+(the whole graph, not served by Triton) is recorded with the fusion head's file, so the manifest validates.
 """
 from __future__ import annotations
 
@@ -136,11 +137,15 @@ def write_tiny_export(export_dir: Path, entry: str = "tiny_attention",
             parts[part] = f"{part}.onnx"
     _fusion_head(rng, export_dir / "fusion_head.onnx", modalities)
     parts["fusion_head"] = "fusion_head.onnx"
-    manifest = {"entry": entry, "version": "0.0.1", "class_names": list(spec.CLASS_NAMES),
-                "modalities": list(modalities), "preprocessing": {"pathology": {"patch_size": PATCH}}, "parts": {}}
+    parts["model"] = "fusion_head.onnx"
+    manifest = {"schema_version": 1, "format": "onnx", "entry": entry, "version": "0.0.1", "precision": "fp32",
+                "class_names": list(spec.CLASS_NAMES), "modalities": list(modalities),
+                "preprocessing": {"pathology": {"patch_size": PATCH}}, "parts": {},
+                "source_checkpoint": {"path": "none", "sha256": ""}, "parity": {"passed": True}}
     for part, file in parts.items():
         inputs, outputs = _io(export_dir / file)
-        manifest["parts"][part] = {"file": file, "sha256": hashlib.sha256((export_dir / file).read_bytes()).hexdigest(),
+        digest = hashlib.sha256((export_dir / file).read_bytes()).hexdigest()
+        manifest["parts"][part] = {"file": file, "sha256": digest, "files": {file: digest},
                                    "inputs": inputs, "outputs": outputs}
     (export_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return export_dir

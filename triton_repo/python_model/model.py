@@ -1,6 +1,7 @@
 """Triton python-backend model: runs one exported ONNX part with onnxruntime.
 
-Copied verbatim into `<model>/1/model.py` by `triton_repo.build --flavor embedded`; the ONNX file sits next to it.
+Copied verbatim into `<model>/1/model.py` by `triton_repo.build --flavor embedded`; the part's ONNX file(s) sit
+next to it under their exported names (config parameter `onnx_file`).
 Tensor names, dtypes and batching come from the model's config.pbtxt (rendered from the export manifest).
 CUDA is used when onnxruntime offers it and a GPU is present; otherwise the CPU provider.
 """
@@ -10,8 +11,6 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-
-ONNX_FILE = "model.onnx"
 
 
 def _providers():
@@ -28,7 +27,8 @@ class TritonPythonModel:
         self.batching = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
-        path = os.path.join(args["model_repository"], args["model_version"], ONNX_FILE)
+        onnx_file = config["parameters"]["onnx_file"]["string_value"]
+        path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("ZOO_TRITON_ORT_THREADS", "0"))
         self.session = ort.InferenceSession(path, options, providers=_providers())

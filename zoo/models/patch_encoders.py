@@ -11,7 +11,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from zoo import spec
@@ -23,16 +22,25 @@ from zoo.models.weights import resolve_pretrained
 class PatchBackbone:
     make: Callable[[], nn.Module]  # trunk without classifier, output [N,D] (or [N,D,1,1])
     out_dim: int
-    hub_url: str | None  # torchvision weights URL (file looked up in the local hub cache only)
+    # torchvision weights URL (the file is looked up in the local hub cache only); None = no published weights
+    hub_url: Callable[[], str] | None = None
 
 
 def _torchvision_resnet(name: str, weights_enum: str, out_dim: int) -> PatchBackbone:
+    # torchvision is imported only when one of its backbones is used (it is slow to import).
     def make() -> nn.Module:
+        import torchvision
+
         net = getattr(torchvision.models, name)(weights=None)
         net.fc = nn.Identity()
         return net
 
-    return PatchBackbone(make, out_dim, getattr(torchvision.models, weights_enum).DEFAULT.url)
+    def hub_url() -> str:
+        import torchvision
+
+        return getattr(torchvision.models, weights_enum).DEFAULT.url
+
+    return PatchBackbone(make, out_dim, hub_url)
 
 
 def _cnn_tiny() -> nn.Module:
@@ -47,7 +55,7 @@ PATCH_BACKBONES: dict[str, PatchBackbone] = {
     "resnet18": _torchvision_resnet("resnet18", "ResNet18_Weights", 512),
     "resnet34": _torchvision_resnet("resnet34", "ResNet34_Weights", 512),
     "resnet50": _torchvision_resnet("resnet50", "ResNet50_Weights", 2048),
-    "cnn_tiny": PatchBackbone(_cnn_tiny, 32, None),
+    "cnn_tiny": PatchBackbone(_cnn_tiny, 32),
 }
 
 
@@ -64,7 +72,8 @@ class PatchEncoder(nn.Module):
         spec_ = lookup(PATCH_BACKBONES, backbone, "pathology backbone")
         self.backbone_name = backbone
         self.trunk = spec_.make()
-        resolve_pretrained(self.trunk, pretrained, backbone, spec_.hub_url)
+        hub_url = spec_.hub_url() if spec_.hub_url and pretrained is True else None
+        resolve_pretrained(self.trunk, pretrained, backbone, hub_url)
         self.out_dim = spec_.out_dim
         self.input_size = int(input_size)
         self.frozen = bool(freeze)
