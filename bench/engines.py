@@ -54,15 +54,15 @@ class BenchModel:
     device: str = "cpu"
 
 
-def torch_runner(part: torch.nn.Module, signature, device: str = "cpu",
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Runner:
-    """Run a part module (eager, compiled or cast) on named numpy inputs."""
+def torch_runner(part: torch.nn.Module, signature, device: str = "cpu", autocast: torch.dtype | None = None,
+                 channels_last: bool = False) -> Runner:
+    """Run a part module (eager or compiled, optionally under autocast) on named numpy inputs."""
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(device) for n in signature.input_names]
-        if transform is not None:
-            args = [transform(a) for a in args]
-        with torch.inference_mode():
+        if channels_last:
+            args = [a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in args]
+        with torch.inference_mode(), torch.autocast(device, autocast or torch.float32, enabled=autocast is not None):
             outputs = part(*args)
         return {n: o.float().cpu().numpy() for n, o in zip(signature.output_names, outputs)}
 
@@ -126,29 +126,29 @@ def _parts(bm: BenchModel) -> list[type[Part]]:
     return [p for p in BAG_PARTS if p.modality is None or p.modality in bm.geometry.modalities]
 
 
-def eager_engine(bm: BenchModel, dtype: torch.dtype = torch.float32, channels_last: bool = False,
+def eager_engine(bm: BenchModel, autocast: torch.dtype | None = None, channels_last: bool = False,
                  compile: bool = False, name: str = "pytorch_eager_fp32") -> InProcessEngine:
+    """The parts themselves: fp32, or fp16/bf16 autocast with channels_last weights, optionally torch.compile'd."""
     runners = {}
     for part_cls in _parts(bm):
-        part = part_cls(bm.model, bm.geometry, compute_dtype=dtype).eval().to(bm.device)
-        if dtype != torch.float32:
-            part = part.to(dtype)
+        part = part_cls(bm.model, bm.geometry).eval().to(bm.device)
         if channels_last:
             part = part.to(memory_format=torch.channels_last)
         if compile:
             part = torch.compile(part, dynamic=True)
-        transform = (lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t) \
-            if channels_last else None
-        runners[part_cls.name] = torch_runner(part, part_cls.signature(bm.geometry), bm.device, transform)
+        runners[part_cls.name] = torch_runner(part, part_cls.signature(bm.geometry), bm.device, autocast,
+                                              channels_last)
     return InProcessEngine(name, runners, bm.geometry.modalities)
 
 
 def file_engine(bm: BenchModel, fmt, name: str, providers: list[str] | None = None) -> InProcessEngine:
     """Runners over the exported files of `fmt` (onnxruntime CPU provider / TorchScript) via export.formats."""
-    from export.manifest import load_manifest
+    import json
+
+    from export.manifest import MANIFEST_NAME
 
     directory = bm.exports[fmt.name]
-    manifest = load_manifest(directory)
+    manifest = json.loads((directory / MANIFEST_NAME).read_text())
     runners = {}
     for part_cls in _parts(bm):
         path = directory / manifest["parts"][part_cls.name]["file"]
@@ -194,3 +194,46 @@ IN_PROCESS_ENGINES: dict[str, EngineSpec] = {
         lambda bm: file_engine(bm, OnnxFormat(), "onnxruntime_cuda",
                                providers=["CUDAExecutionProvider", "CPUExecutionProvider"]), needs_cuda=True),
 }
+
+
+class TritonEngine:
+    """The real server through triton_repo's SlideClient (gRPC; optionally patches via system shared memory)."""
+
+    def __init__(self, name: str, url: str, export_dir: Path, shared_memory: bool, chunk_size: int,
+                 in_flight: int = 2):
+        from triton_repo.client import SlideClient
+
+        self.name = name
+        self.client = SlideClient(url, manifest_or_repo=export_dir, chunk_size=chunk_size, in_flight=in_flight,
+                                  shared_memory=shared_memory)
+
+    def encode(self, batches: Iterable[np.ndarray]) -> np.ndarray:
+        return self.client.streamer.encode(batches)
+
+    def aggregate(self, features: np.ndarray, clinical: np.ndarray) -> SlidePrediction:
+        """MIL + fusion only: one request to the `<entry>_slide` ensemble (features in, probabilities out)."""
+        import tritonclient.grpc as grpcclient
+
+        io = self.client.io
+        given = {"pathology": features, "clinical": clinical[None]}
+        arrays = [(io.modality_inputs[m], given[m]) for m in self.client.manifest.modalities]
+        arrays.append((io.presence, np.ones((1, len(self.client.manifest.modalities)), bool)))
+        request = []
+        for tensor, array in arrays:
+            array = np.ascontiguousarray(array, dtype=tensor.dtype)
+            item = grpcclient.InferInput(tensor.name, list(array.shape), grpcclient.np_to_triton_dtype(array.dtype))
+            item.set_data_from_numpy(array)
+            request.append(item)
+        wanted = [grpcclient.InferRequestedOutput(t.name) for t in (io.probabilities, io.patch_attention)]
+        result = self.client.client.infer(io.name, request, outputs=wanted)
+        return SlidePrediction(result.as_numpy(io.probabilities.name)[0], result.as_numpy(io.patch_attention.name))
+
+    def predict(self, bag: tinputs.SlideBag, clinical: np.ndarray) -> SlidePrediction:
+        prediction = self.client.predict(bags=[bag], clinical=clinical)
+        return SlidePrediction(prediction.probabilities, prediction.patch_attention)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+TRITON_ENGINES: dict[str, bool] = {"triton_grpc": False, "triton_grpc_shm": True}  # name -> shared memory

@@ -123,6 +123,7 @@ class OnnxFormat:
 
         # Weights and compute in fp16; graph inputs/outputs stay as declared (uint8/bool/float32) via casts.
         model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+        toposort_nodes(model.graph)  # the converter appends its input casts after their consumers
         onnx.save(model, str(path), save_as_external_data=False)
 
     def verify(self, path: Path, signature: Signature) -> None:
@@ -153,6 +154,33 @@ class OnnxFormat:
             return dict(zip(output_names, session.run(output_names, feed)))
 
         return run
+
+
+def toposort_nodes(graph) -> None:
+    """Reorder `graph.node` so every node comes after the producers of its inputs (stable otherwise)."""
+    produced_by = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    nodes = list(graph.node)
+    order: list[int] = []
+    state = [0] * len(nodes)  # 0 new, 1 visiting, 2 done
+    for root in range(len(nodes)):
+        stack = [(root, iter(nodes[root].input))]
+        if state[root]:
+            continue
+        state[root] = 1
+        while stack:
+            index, inputs = stack[-1]
+            dep = next((produced_by[i] for i in inputs if i in produced_by and state[produced_by[i]] == 0), None)
+            if dep is None:
+                if all(i not in produced_by or state[produced_by[i]] == 2 for i in nodes[index].input):
+                    state[index] = 2
+                    order.append(index)
+                    stack.pop()
+                    continue
+                raise ExportError(f"graph {graph.name!r} has a cycle through node {nodes[index].name!r}")
+            state[dep] = 1
+            stack.append((dep, iter(nodes[dep].input)))
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
 
 
 def onnx_dims(value_info) -> list[int | str | None]:

@@ -144,8 +144,9 @@ def load_manifest(path: str | os.PathLike, verify_files: bool = True, require_pa
              f"modalities {modalities!r} must be a non-empty subset of {list(spec.MODALITIES)} in that order")
     parts = manifest["parts"]
     expected = [p.name for p in parts_for(modalities)]
-    _require(isinstance(parts, dict) and list(parts) == expected, where,
-             f"parts {list(parts) if isinstance(parts, dict) else parts!r} != {expected} for modalities {modalities}")
+    _require(isinstance(parts, dict) and sorted(parts) == sorted(expected), where,
+             f"parts {sorted(parts) if isinstance(parts, dict) else parts!r} are not {expected} "
+             f"(the parts modalities {modalities} need)")
     for name, part in parts.items():
         at = f"{where}: part {name!r}"
         _require(isinstance(part, dict) and {"file", "sha256", "files", "inputs", "outputs"} <= set(part), at,

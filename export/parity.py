@@ -181,12 +181,20 @@ def check_parity(directory: Path, fmt: ExportFormat, model: torch.nn.Module, geo
 # ----------------------------------------------------------------------------------------- real cohort inputs
 @torch.no_grad()
 def real_cases(data_dir: Path, config: dict[str, Any], model: torch.nn.Module, geometry: Geometry,
-               max_patients: int = 2, split: str = "test") -> dict[str, list[Case]]:
-    """Parity cases built from real cohort patients (per part), with the model's own intermediate tensors."""
-    from zoo.data import BreastCancerMultiModalDataset
-    from zoo import spec
+               preprocessing: dict[str, Any] | None = None, max_patients: int = 2,
+               split: str = "test") -> dict[str, list[Case]]:
+    """Parity cases built from real cohort patients (per part), with the model's own intermediate tensors.
 
-    dataset = BreastCancerMultiModalDataset.from_config(config, split, data_dir=data_dir, train=False)
+    Clinical values are encoded with the checkpoint's fitted preprocessor when it recorded one.
+    """
+    from zoo import spec
+    from zoo.data import BreastCancerMultiModalDataset
+    from zoo.data.clinical import ClinicalPreprocessor
+
+    recorded = (preprocessing or {}).get(spec.KEY_CLINICAL)
+    extra = {"clinical_preprocessor": ClinicalPreprocessor.from_dict(recorded)} \
+        if recorded and spec.KEY_CLINICAL in geometry.modalities else {}
+    dataset = BreastCancerMultiModalDataset.from_config(config, split, data_dir=data_dir, **extra)
     cases: dict[str, list[Case]] = {}
     add = lambda part, label, inputs: cases.setdefault(part, []).append(Case(label, inputs))  # noqa: E731
     for index in range(min(max_patients, len(dataset))):
@@ -241,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {checkpoint} differs from the checkpoint this export was made from "
                   f"(sha256 {manifest['source_checkpoint']['sha256'][:12]}...)", file=sys.stderr)
         geometry = probe_geometry(source.model, source.config)
-        real = real_cases(args.data_dir, source.config, source.model, geometry, args.max_patients) \
+        real = real_cases(args.data_dir, source.config, source.model, geometry,
+                          source.payload.get("preprocessing"), args.max_patients) \
             if args.data_dir else None
         report = check_parity(args.export_dir, FORMATS[manifest["format"]], source.model, geometry,
                               {n: p["file"] for n, p in manifest["parts"].items()}, manifest["precision"],

@@ -85,7 +85,8 @@ def export_checkpoint(target: Target, fmt: ExportFormat, output_dir: Path, *, op
             digests = {name: sha256_file(staging / name) for name in info["files"]}
             records[part_cls.name] = part_record(path.name, digests, signature, info["exporter"])
             files[part_cls.name] = path.name
-        real = real_cases(data_dir, config, model, geometry, max_patients) if data_dir is not None else None
+        real = real_cases(data_dir, config, model, geometry, source.payload.get("preprocessing"), max_patients) \
+            if data_dir is not None else None
         report = check_parity(staging, fmt, model, geometry, files, precision, sizes, real_cases=real,
                               progress=progress)
         manifest = build_manifest(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import yaml
 torch.set_num_threads(2)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # the project is not an installed package (tool.uv package = false)
+    sys.path.insert(0, str(REPO_ROOT))
 BASE_CONFIG = REPO_ROOT / "configs" / "breast_cancer_config.yaml"
 
 TINY_COHORT = dict(num_samples=24, seed=0, slide_size=512, missing_mri=0.15, missing_wsi=0.15, mri_shape=(96, 96, 24))

@@ -32,27 +32,26 @@ def _check(array: np.ndarray, tensor: TensorSpec, what: str, batched: bool) -> n
     return array.astype(tensor.dtype, copy=False)
 
 
-def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int) -> SlideBag:
-    """Tile `path` with the training tiling parameters and stream its patches."""
+def tiling_cache() -> Path:
+    import os
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "breast-fusion-zoo" / "client-tiles"
+
+
+def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
+              tiling_dir: str | Path | None = None) -> SlideBag:
+    """Tile `path` with the training tiling parameters (cached .h5 of coordinates) and stream its patches."""
     from zoo.data import tile  # imported lazily: tiling pulls in OpenSlide
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: slide not found")
     params = dict(manifest.preprocessing.get("pathology") or {})
-    tiling = tile.tile_slide(path, **tile_arguments(params))
-    coords = np.asarray(tiling.coords if hasattr(tiling, "coords") else tiling, dtype=np.int64)
-    batches = tile.iter_patch_batches(path, coords, batch_size=batch_size, **read_arguments(params))
-    return SlideBag(path.stem, coords, batches)
-
-
-def tile_arguments(params: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("patch_size", "level", "tissue_threshold")
-    return {k: params[k] for k in keys if k in params}
-
-
-def read_arguments(params: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("patch_size", "level")
-    return {k: params[k] for k in keys if k in params}
+    kwargs = {k: params[k] for k in ("patch_size", "level", "tissue_threshold") if k in params}
+    result = tile.tile_slide(path, Path(tiling_dir or tiling_cache()), **kwargs)
+    if not result.ok:
+        raise ValueError(f"{path}: tiling failed: {result.message}")
+    coords, attrs = tile.load_coords(result.h5_path)
+    batches = tile.iter_patch_batches(path, coords, int(attrs["patch_size"]), int(attrs["level"]), batch_size)
+    return SlideBag(path.stem, coords, (patches for _, patches in batches))
 
 
 def array_bag(slide_id: str, coords: np.ndarray, patches: np.ndarray, batch_size: int = 256) -> SlideBag:
@@ -74,14 +73,9 @@ def mri_tensor(mri: str | Path | Sequence[str | Path] | np.ndarray, manifest: Ex
         if not p.is_file():
             raise FileNotFoundError(f"{p}: MRI volume not found")
     params = dict(manifest.preprocessing.get("mri") or {})
-    volumes = [np.asarray(mri_data.preprocess_volume(p, **mri_arguments(params))) for p in paths]
-    volumes = [v[0] if v.ndim == 4 else v for v in volumes]
+    kwargs = {k: params[k] for k in ("target_spacing", "output_shape") if k in params}
+    volumes = [np.asarray(mri_data.preprocess_volume(p, **kwargs).dataobj, dtype=np.float32) for p in paths]
     return _check(np.stack(volumes), tensor, f"preprocessed MRI {', '.join(map(str, paths))}", batched=False)
-
-
-def mri_arguments(params: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("target_spacing", "output_shape")
-    return {k: params[k] for k in keys if k in params}
 
 
 def clinical_tensor(clinical: Mapping[str, Any] | np.ndarray, manifest: ExportManifest,
@@ -93,5 +87,5 @@ def clinical_tensor(clinical: Mapping[str, Any] | np.ndarray, manifest: ExportMa
     if not state:
         raise ValueError(f"{manifest.export_dir}: manifest has no clinical preprocessor; pass an encoded array")
     from zoo.data.clinical import ClinicalPreprocessor
-    encoded = np.asarray(ClinicalPreprocessor.from_dict(state).transform_one(dict(clinical)), dtype=np.float32)
+    encoded = np.asarray(ClinicalPreprocessor.from_dict(state).transform(dict(clinical)), dtype=np.float32)
     return _check(encoded.reshape(-1), tensor, "encoded clinical values", batched=False)

@@ -97,6 +97,15 @@ def error_lines(log: str, limit: int = 20) -> list[str]:
     return lines[-limit:]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM the server if the launching process dies (Linux prctl)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class TritonServer:
     """The real tritonserver as a context manager: `start()` waits until ready, `stop()` shuts it down."""
 
@@ -160,7 +169,8 @@ class TritonServer:
         self._log_file = open(self.log_path, "wb")
         # Own session: a terminal's Ctrl-C reaches us, and we shut the server down in order.
         self._process = subprocess.Popen(self.command(backend_dir, home), env=server_env(home),
-                                         stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         try:
             self._wait_ready()
         except BaseException:
@@ -209,11 +219,20 @@ class TritonServer:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+            self._kill_leftover_stubs(process.pid)
             code = process.returncode
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
         return code
+
+    @staticmethod
+    def _kill_leftover_stubs(pgid: int) -> None:
+        """Python-backend stubs run in the server's own process group; none may outlive it."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def __enter__(self) -> "TritonServer":
         return self.start()

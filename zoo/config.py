@@ -29,9 +29,6 @@ TYPE_EXCEPTIONS: dict[str, tuple[type, ...]] = {
     "data.augmentation.pathology.stain_normalization": (str, type(None)),
 }
 
-Override = "str | tuple[str, Any]"
-
-
 class ConfigError(ValueError):
     """A config key or value is invalid; the message names the dotted key and how to fix it."""
 
@@ -101,7 +98,8 @@ def _type_names(types: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
-def validate_config(tree: Mapping, source: str = "config", _schema_node: Mapping | None = None, _prefix: str = "") -> None:
+def validate_config(tree: Mapping, source: str = "config", _schema_node: Mapping | None = None,
+                    _prefix: str = "") -> None:
     """Check every key of `tree` exists in the schema and has the schema's type (partial trees are fine)."""
     schema = _schema() if _schema_node is None else _schema_node
     if not isinstance(tree, Mapping):

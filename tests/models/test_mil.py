@@ -68,11 +68,11 @@ def test_unknown_aggregator_names_choices():
         build_mil(12, "attention-mil")
 
 
-@pytest.mark.parametrize("name", ["attention", "pathology_only"])
-def test_mil_exports_to_onnx_with_dynamic_bag_size(name, tmp_path):
+@pytest.mark.parametrize("name, aggregator", [("attention", "attention_mil"), ("pathology_only", "max")])
+def test_mil_exports_to_onnx_with_dynamic_bag_size(name, aggregator, tmp_path):
     import onnxruntime as ort
 
-    model = build_model(name, recipe="tiny", **{"model.modalities.pathology.aggregator.type": "attention_mil"})
+    model = build_model(name, recipe="tiny", **{"model.modalities.pathology.aggregator.type": aggregator})
     mil = model.mil.eval()
     d = model.patch_encoder.out_dim
     features, mask = torch.randn(1, 6, d), torch.ones(1, 6, dtype=torch.bool)

@@ -1,0 +1,246 @@
+"""Session fixtures for the benchmarks: sizes per mode, a model with its ONNX/TorchScript exports, synthetic
+slides, eager references, engines, and the real Triton server (embedded flavor) on free loopback ports.
+
+Modes: `--benchmark-only` (or --benchmark-enable) measures at full size; `--benchmark-disable` (CI) runs every case
+once at small sizes with the `tiny` recipe so the bench cannot rot. BENCH_LARGE=1 adds the 40,000 px slide.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.engines import (IN_PROCESS_ENGINES, TRITON_ENGINES, BenchModel, InProcessEngine,  # noqa: E402
+                           TritonEngine)
+from bench.pipeline import Tiling, chunks, read_all_patches, tile_coords  # noqa: E402
+from bench.slides import write_bench_slide  # noqa: E402
+
+ENTRY = "attention-path_clin"  # pathology MIL + clinical, attention fusion: every per-slide stage is exercised
+THREADS = 2
+LARGE_SLIDE_PX = 40_000
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one bench mode. Slide sides are chosen for patch counts (synthetic tissue covers ~25 %)."""
+    name: str
+    recipe: str
+    stage_slide_px: int          # a few hundred patches: per-stage and per-engine timings
+    compare_slide_px: int        # Triton vs in-process comparison slide
+    memory_slide_px: tuple[int, ...]
+    rounds: int
+    load_s: float
+    load_clients: int = 16
+    load_bag: int = 16           # patches per load-test request
+    batch_size: int = 64
+
+
+PROFILES = {
+    "ci": Profile("ci (--benchmark-disable)", "tiny", 512, 1024, (512, 1024), rounds=1, load_s=5.0, batch_size=64),
+    "cpu": Profile("cpu", "cpu", 4096, 6656, (2048, 4096, 6656), rounds=3, load_s=20.0),
+    "cuda": Profile("cuda", "gpu", 8192, 41_472, (4096, 8192), rounds=5, load_s=20.0, batch_size=256),
+}
+
+
+def benchmarks_disabled(config) -> bool:
+    return bool(config.getoption("benchmark_disable")) and not config.getoption("benchmark_enable")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # pyproject's addopts carries --benchmark-disable for the test suite; asking for --benchmark-only means measure.
+    if config.getoption("benchmark_only", default=False):
+        config.option.benchmark_enable = True
+    torch.set_num_threads(THREADS)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    import onnxruntime
+    import openslide
+    import tritonclient
+
+    machine_info.update({
+        "bench_profile": select_profile(config).name,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                     "onnxruntime": onnxruntime.__version__, "openslide": openslide.__library_version__,
+                     "tritonclient": getattr(tritonclient, "__version__", "?"), "tritonserver": triton_version()},
+    })
+
+
+def triton_version() -> str:
+    try:
+        from importlib.metadata import version
+        return f"nvidia-pytriton {version('nvidia-pytriton')}"
+    except Exception:  # noqa: BLE001 - informational only
+        return "?"
+
+
+def select_profile(config) -> Profile:
+    if benchmarks_disabled(config):
+        return PROFILES["ci"]
+    return PROFILES["cuda" if torch.cuda.is_available() else "cpu"]
+
+
+@pytest.fixture(scope="session")
+def profile(request) -> Profile:
+    return select_profile(request.config)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(scope="session")
+def slide_cache(workdir) -> Path:
+    """Generated slides; BENCH_CACHE=DIR keeps them between runs (they are deterministic per size)."""
+    path = Path(os.environ.get("BENCH_CACHE") or workdir / "slides")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bench_model(profile, workdir) -> BenchModel:
+    """The entry's model (fixed seed, untrained: timing and parity do not depend on training) and its exports."""
+    from export.formats import OnnxFormat, TorchScriptFormat
+    from export.geometry import probe_geometry
+    from export.parts import ParitySizes
+    from export.pipeline import export_checkpoint
+    from export.source import Target
+    from zoo import spec
+    from zoo.checkpoint import save_checkpoint
+    from zoo.registry import get_entry
+
+    entry = get_entry(ENTRY)
+    config = entry.config(profile.recipe)
+    torch.manual_seed(0)
+    model = entry.build_model(profile.recipe).eval()
+    checkpoint = save_checkpoint(workdir / "checkpoint" / "best.pt", {
+        "entry": entry.name, "version": entry.version, "config": config, "class_names": list(spec.CLASS_NAMES),
+        "state_dict": model.state_dict(), "preprocessing": {}, "epoch": 0, "metrics": {}})
+    sizes = ParitySizes(patches=(1, 5), bag=(1, 40), batch=(1, 2))  # export's own parity, kept small
+    exports = {}
+    for fmt in (OnnxFormat(), TorchScriptFormat()):
+        result = export_checkpoint(Target(checkpoint), fmt, workdir / f"exports_{fmt.name}", sizes=sizes,
+                                   overwrite=True, progress=False)
+        assert result.passed, f"{fmt.name} export of {entry.name} failed its parity check: {result.report.summary()}"
+        exports[fmt.name] = result.directory
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return BenchModel(model.to(device), probe_geometry(model, config), exports, device)
+
+
+@pytest.fixture(scope="session")
+def tiling(bench_model, profile) -> Tiling:
+    return Tiling(patch_size=bench_model.geometry.patch_size, batch_size=profile.batch_size)
+
+
+@pytest.fixture(scope="session")
+def clinical(bench_model) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=bench_model.geometry.clinical_dim).astype(np.float32)
+
+
+@dataclass
+class SlideData:
+    """One slide, tiled once, its patches in memory, and the eager fp32 reference outputs."""
+    path: Path
+    coords: np.ndarray
+    patches: np.ndarray
+    features: np.ndarray
+    probabilities: np.ndarray
+    patch_attention: np.ndarray
+
+    def batches(self, size: int):
+        return chunks(self.patches, size)
+
+
+def _slide_data(path: Path, workdir: Path, tiling: Tiling, engines, clinical: np.ndarray) -> SlideData:
+    coords = tile_coords(path, workdir / "tiles", tiling)
+    patches = read_all_patches(path, coords, tiling)
+    eager = engines.get("pytorch_eager_fp32")
+    features = eager.encode(chunks(patches, tiling.batch_size))
+    prediction = eager.aggregate(features, clinical)
+    return SlideData(path, coords, patches, features, prediction.probabilities, prediction.patch_attention)
+
+
+@pytest.fixture(scope="session")
+def stage_slide(profile, slide_cache, workdir, tiling, engines, clinical) -> SlideData:
+    path = write_bench_slide(slide_cache / f"bench_{profile.stage_slide_px}.svs", profile.stage_slide_px)
+    return _slide_data(path, workdir, tiling, engines, clinical)
+
+
+@pytest.fixture(scope="session")
+def compare_slide(profile, slide_cache, workdir, tiling, engines, clinical) -> SlideData:
+    path = write_bench_slide(slide_cache / f"bench_{profile.compare_slide_px}.svs", profile.compare_slide_px)
+    return _slide_data(path, workdir, tiling, engines, clinical)
+
+
+@pytest.fixture(scope="session")
+def triton_server(bench_model, workdir, profile):
+    from triton_repo.build import build_repository
+    from triton_repo.plan import BuildOptions
+    from triton_repo.server import TritonServer, free_port
+
+    repo = workdir / "model_repository"
+    build_repository([bench_model.exports["onnx"]], repo,
+                     BuildOptions(flavor="embedded", max_patch_batch=max(256, profile.batch_size)))
+    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                      log_path=workdir / "tritonserver.log") as server:
+        yield server
+
+
+class Engines:
+    """Engines built on first use and reused for the session; unavailable ones skip with the reason."""
+
+    def __init__(self, request, bench_model: BenchModel, tiling: Tiling):
+        self.request, self.bench_model, self.tiling = request, bench_model, tiling
+        self._built: dict[str, object] = {}
+
+    def get(self, name: str):
+        if name not in self._built:
+            self._built[name] = self._build(name)
+        return self._built[name]
+
+    def _build(self, name: str):
+        if name in TRITON_ENGINES:
+            server = self.request.getfixturevalue("triton_server")
+            return TritonEngine(name, server.grpc_url, self.bench_model.exports["onnx"], TRITON_ENGINES[name],
+                                chunk_size=self.tiling.batch_size)
+        spec_ = IN_PROCESS_ENGINES[name]
+        if spec_.needs_cuda and not torch.cuda.is_available():
+            pytest.skip(f"{name} needs a CUDA device; none on this machine (torch.cuda.is_available() is False)")
+        return spec_.build(self.bench_model)
+
+    def close(self) -> None:
+        for engine in self._built.values():
+            engine.close()
+
+
+@pytest.fixture(scope="session")
+def engines(request, bench_model, tiling):
+    registry = Engines(request, bench_model, tiling)
+    yield registry
+    registry.close()
+
+
+ENGINE_NAMES = [*IN_PROCESS_ENGINES, *TRITON_ENGINES]
+# Largest allowed deviation from the eager fp32 reference, (features relative to their scale, probabilities).
+TOLERANCES = {"default": (1e-3, 1e-4), "pytorch_bf16_channels_last": (5e-2, 2e-2),
+              "pytorch_fp16_channels_last": (1e-2, 5e-3), "pytorch_compile_bf16": (5e-2, 2e-2)}
+
+
+def tolerance(engine: str) -> tuple[float, float]:
+    return TOLERANCES.get(engine, TOLERANCES["default"])

@@ -1,0 +1,78 @@
+"""Shared fixtures for export tests: tiny checkpoints in the trainer's format, one per registry entry."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from export.parts import ParitySizes  # noqa: E402
+from zoo import spec  # noqa: E402
+
+# Smaller MRI volumes than the tiny recipe keep the 24-entry parametrisation inside the test budget.
+TEST_OVERRIDES = ("data.modalities.mri.output_shape=[16,16,8]",)
+# Bag sizes 1 and 3000 through mil_pool; small patch counts through the (CPU) patch encoder.
+TEST_SIZES = ParitySizes(patches=(1, 4), bag=(1, 3000), batch=(1, 2))
+
+
+def clinical_preprocessor(features) -> dict:
+    import pandas as pd
+    from zoo.data.clinical import ClinicalPreprocessor
+
+    table = pd.DataFrame({f: [float(i), float(i) * 2 + 1, None] for i, f in enumerate(features)})
+    return ClinicalPreprocessor(features).fit(table).to_dict()
+
+
+def write_tiny_checkpoint(name: str, path: Path, seed: int = 0, version: str | None = None) -> Path:
+    """A checkpoint of `name` under the tiny recipe, in the format zoo.trainer writes (zoo.checkpoint)."""
+    from zoo.checkpoint import save_checkpoint
+    from zoo.registry import get_entry
+
+    entry = get_entry(name)
+    config = entry.config("tiny", list(TEST_OVERRIDES))
+    torch.manual_seed(seed)
+    model = entry.build_model("tiny", list(TEST_OVERRIDES))
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode graphs are not identity-normalised
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return save_checkpoint(path, {
+        "entry": name, "version": entry.version if version is None else version, "config": config,
+        "class_names": list(spec.CLASS_NAMES),
+        "state_dict": model.state_dict(),
+        "preprocessing": {spec.KEY_CLINICAL: clinical_preprocessor(entry.clinical_features)},
+        "epoch": 0, "metrics": {},
+    })
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _two_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def sizes() -> ParitySizes:
+    return TEST_SIZES
+
+
+@pytest.fixture(scope="session")
+def checkpoint_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("outputs")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(checkpoint_root):
+    """Factory: entry name -> outputs/<entry>/best.pt (written once per session)."""
+    def make(name: str) -> Path:
+        path = checkpoint_root / name / "best.pt"
+        if not path.exists():
+            write_tiny_checkpoint(name, path)
+        return path
+
+    return make
