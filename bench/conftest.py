@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.engines import (IN_PROCESS_ENGINES, TRITON_ENGINES, BenchModel, InProcessEngine,  # noqa: E402
+from bench.engines import (IN_PROCESS_ENGINES, TRITON_ENGINES, BenchModel,  # noqa: E402
                            TritonEngine)
 from bench.pipeline import Tiling, chunks, read_all_patches, tile_coords  # noqa: E402
 from bench.slides import write_bench_slide  # noqa: E402
@@ -47,7 +47,7 @@ class Profile:
 
 PROFILES = {
     "ci": Profile("ci (--benchmark-disable)", "tiny", 512, 1024, (512, 1024), rounds=1, load_s=5.0, batch_size=64),
-    "cpu": Profile("cpu", "cpu", 4096, 6656, (2048, 4096, 6656), rounds=3, load_s=20.0),
+    "cpu": Profile("cpu", "cpu", 4096, 6656, (2048, 4096, 6656), rounds=2, load_s=20.0),
     "cuda": Profile("cuda", "gpu", 8192, 41_472, (4096, 8192), rounds=5, load_s=20.0, batch_size=256),
 }
 
@@ -202,6 +202,15 @@ def triton_server(bench_model, workdir, profile):
         yield server
 
 
+@pytest.fixture(scope="session")
+def triton_engines(triton_server, bench_model, tiling):
+    built = {name: TritonEngine(name, triton_server.grpc_url, bench_model.exports["onnx"], shm,
+                                chunk_size=tiling.batch_size) for name, shm in TRITON_ENGINES.items()}
+    yield built
+    for engine in built.values():
+        engine.close()
+
+
 class Engines:
     """Engines built on first use and reused for the session; unavailable ones skip with the reason."""
 
@@ -216,9 +225,7 @@ class Engines:
 
     def _build(self, name: str):
         if name in TRITON_ENGINES:
-            server = self.request.getfixturevalue("triton_server")
-            return TritonEngine(name, server.grpc_url, self.bench_model.exports["onnx"], TRITON_ENGINES[name],
-                                chunk_size=self.tiling.batch_size)
+            return self.request.getfixturevalue("triton_engines")[name]
         spec_ = IN_PROCESS_ENGINES[name]
         if spec_.needs_cuda and not torch.cuda.is_available():
             pytest.skip(f"{name} needs a CUDA device; none on this machine (torch.cuda.is_available() is False)")
@@ -226,7 +233,8 @@ class Engines:
 
     def close(self) -> None:
         for engine in self._built.values():
-            engine.close()
+            if not isinstance(engine, TritonEngine):  # those close with their fixture, before the server stops
+                engine.close()
 
 
 @pytest.fixture(scope="session")

@@ -143,7 +143,7 @@ class OnnxFormat:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = NUM_THREADS
+        options.intra_op_num_threads = max(1, min(NUM_THREADS, torch.get_num_threads()))
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -234,12 +234,13 @@ class TorchScriptFormat:
         with quiet(), torch.no_grad():
             traced = torch.jit.trace(module, example, check_trace=False)
             traced = torch.jit.freeze(traced.eval())
-        torch.jit.save(traced, str(path))
+            torch.jit.save(traced, str(path))
         return {"exporter": "torch.jit.trace", "files": [path.name]}
 
     def verify(self, path: Path, signature: Signature) -> None:
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with quiet():
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise ExportError(f"{path.name}: torch.jit.load failed: {exc}") from exc
         declared = len(signature.inputs) + 1  # + self
@@ -248,7 +249,8 @@ class TorchScriptFormat:
             raise ExportError(f"{path.name}: forward takes {got - 1} inputs, declared {declared - 1}")
 
     def runner(self, path: Path, signature: Signature) -> Runner:
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        with quiet():
+            module = torch.jit.load(str(path), map_location="cpu").eval()
 
         def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             args = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in signature.input_names]

@@ -15,7 +15,7 @@ from export.parts import ParitySizes  # noqa: E402
 from zoo import spec  # noqa: E402
 
 # Smaller MRI volumes than the tiny recipe keep the 24-entry parametrisation inside the test budget.
-TEST_OVERRIDES = ("data.modalities.mri.output_shape=[16,16,8]",)
+TEST_OVERRIDES = ("data.modalities.mri.output_shape=[8,8,4]",)
 # Bag sizes 1 and 3000 through mil_pool; small patch counts through the (CPU) patch encoder.
 TEST_SIZES = ParitySizes(patches=(1, 4), bag=(1, 3000), batch=(1, 2))
 
@@ -51,9 +51,13 @@ def write_tiny_checkpoint(name: str, path: Path, seed: int = 0, version: str | N
     })
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _two_threads():
-    torch.set_num_threads(2)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny graphs gain nothing from a second thread, and spin-waiting threads crawl on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,238 @@
+"""Write bench/README.md from a pytest-benchmark JSON: conditions, one table per stage, and the targets as ratios
+measured within that one run.
+
+    uv run python -m bench.summarize bench/results/cpu.json [--output bench/README.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+README = Path(__file__).with_name("README.md")
+
+INTRO = """# Benchmarks
+
+Latency and throughput per slide for every engine side by side, measured with pytest-benchmark on real
+components (OpenSlide on synthetic SVS files, onnxruntime, the real `tritonserver`). This file is generated:
+do not edit it, rerun
+
+```bash
+uv run pytest bench --benchmark-only --benchmark-json bench/results/cpu.json   # measure (<10 min on 2 CPU cores)
+uv run python -m bench.summarize bench/results/cpu.json                        # regenerate this README
+uv run pytest bench --benchmark-disable                                        # CI: every case once, small sizes
+BENCH_LARGE=1 uv run pytest bench --benchmark-only -k memory                   # + a 40,000 x 40,000 px slide
+```
+
+Stages per slide: tiling (read + tissue detection + grid), patch reading (the data-loading ceiling), patch
+encoding, MIL + fusion, end to end from the SVS file to probabilities, the seed tutorial's PNG-per-patch
+baseline, Triton vs in-process on the comparison slide, memory per slide size, and the 16-client load test.
+Every engine's output is checked against the eager fp32 PyTorch reference before it is timed (`max_abs_diff_*`).
+Figures are medians of a few rounds (one round = one whole slide). The model is `attention-path_clin` (pathology
+attention-MIL + clinical, attention fusion) built from the profile's recipe with a fixed seed, untrained:
+speed does not depend on the weights.
+"""
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    fmt: Callable[[Any], str] = str
+
+
+def _num(digits: int) -> Callable[[Any], str]:
+    return lambda v: f"{v:,.{digits}f}" if isinstance(v, (int, float)) else str(v)
+
+
+COLUMNS = (
+    Column("engine", "engine"), Column("slide_px", "slide px", _num(0)), Column("patches", "patches", _num(0)),
+    Column("median_s", "median s", _num(3)), Column("min_s", "min s", _num(3)), Column("rounds", "rounds", _num(0)),
+    Column("patches_per_s", "patches/s", _num(1)), Column("slides_per_s", "slides/s", _num(3)),
+    Column("max_abs_diff_features", "max diff features", lambda v: f"{v:.1e}"),
+    Column("max_abs_diff_probabilities", "max diff probs", lambda v: f"{v:.1e}"),
+    Column("tiling_peak_rss_mib", "tiling peak RSS MiB", _num(0)),
+    Column("generate_peak_rss_mib", "generation peak RSS MiB", _num(0)),
+    Column("client_rss_peak_mib", "client peak RSS MiB", _num(0)),
+    Column("client_rss_growth_mib", "client growth MiB", _num(0)),
+    Column("server_rss_peak_mib", "server peak RSS MiB", _num(0)),
+    Column("server_rss_growth_mib", "server growth MiB", _num(0)),
+    Column("requests", "requests", _num(0)), Column("failed_requests", "failed", _num(0)),
+    Column("requests_per_s", "req/s", _num(1)), Column("latency_p50_ms", "p50 ms", _num(0)),
+    Column("latency_p99_ms", "p99 ms", _num(0)), Column("health_polls", "health polls", _num(0)),
+    Column("health_failures", "health failures", _num(0)),
+    Column("encoder_tflops", "encoder TFLOP/s", _num(2)), Column("bf16_matmul_peak_tflops", "bf16 peak TFLOP/s", _num(1)),
+    Column("encoder_fraction_of_peak", "of peak", lambda v: f"{100 * v:.0f} %"),
+    Column("reader_tiles_per_s", "reader tiles/s", _num(0)),
+)
+
+
+def row(bench: dict) -> dict[str, Any]:
+    stats = bench.get("stats") or {}
+    return {"median_s": stats.get("median"), "min_s": stats.get("min"), "rounds": stats.get("rounds"),
+            **{k: v for k, v in (bench.get("extra_info") or {}).items() if v is not None},
+            "engine": (bench.get("extra_info") or {}).get("engine") or bench.get("param") or bench["name"]}
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    cols = [c for c in COLUMNS if any(r.get(c.key) is not None for r in rows)]
+    lines = ["| " + " | ".join(c.header for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join("" if r.get(c.key) is None else c.fmt(r[c.key]) for c in cols) + " |")
+    return lines
+
+
+def groups(data: dict) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for bench in data.get("benchmarks", []):
+        out.setdefault(bench.get("group") or "other", []).append(row(bench))
+    return out
+
+
+def median_of(grouped: dict, group: str, engine: str) -> float | None:
+    for r in grouped.get(group, []):
+        if r["engine"] == engine and r.get("median_s"):
+            return float(r["median_s"])
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    measure: Callable[[dict], tuple[float | None, str]]  # grouped -> (value, how it was computed)
+    met: Callable[[float], bool]
+    unit: str = "x"
+
+
+def ratio(group: str, slow: str, fast: str) -> Callable[[dict], tuple[float | None, str]]:
+    def compute(grouped: dict) -> tuple[float | None, str]:
+        a, b = median_of(grouped, group, slow), median_of(grouped, group, fast)
+        how = f"median {slow} / median {fast} ({group})"
+        return (a / b if a and b else None), how
+    return compute
+
+
+def gpu_large_slide(grouped: dict) -> tuple[float | None, str]:
+    rows = [r for r in grouped.get("GPU: large slide end to end", []) if r.get("median_s")]
+    if not rows:
+        return None, "no CUDA run in this file"
+    best = min(rows, key=lambda r: r["median_s"])
+    return float(best["median_s"]), f"fastest engine {best['engine']}, {best.get('patches')} patches"
+
+
+def gpu_fraction(grouped: dict) -> tuple[float | None, str]:
+    rows = [r for r in grouped.get("GPU: encoder FLOP/s", []) if r.get("encoder_fraction_of_peak") is not None]
+    if not rows:
+        return None, "no CUDA run in this file"
+    return 100 * float(rows[0]["encoder_fraction_of_peak"]), "encoder FLOP/s / measured bf16 matmul FLOP/s"
+
+
+def load_failures(grouped: dict) -> tuple[float | None, str]:
+    rows = grouped.get("load (16 gRPC clients)", [])
+    if not rows:
+        return None, "no load test in this file"
+    r = rows[0]
+    return float(r.get("failed_requests", 0)), (f"{r.get('requests')} requests, p50 {r.get('latency_p50_ms')} ms, "
+                                                f"p99 {r.get('latency_p99_ms')} ms")
+
+
+def tiling_peak(grouped: dict) -> tuple[float | None, str]:
+    rows = grouped.get("memory: tiling per slide size", [])
+    if not rows:
+        return None, "no memory run in this file"
+    worst = max(rows, key=lambda r: r.get("tiling_peak_rss_mib", 0))
+    return float(worst["tiling_peak_rss_mib"]), f"largest tiling peak, slide {worst.get('slide_px')} px"
+
+
+TARGETS = (
+    Target("onnxruntime >= 1.5x PyTorch eager (patch encoding, CPU)",
+           ratio("patch encoding", "pytorch_eager_fp32", "onnxruntime_cpu"), lambda v: v >= 1.5),
+    Target("onnxruntime vs PyTorch eager, end to end (for reference)",
+           ratio("end to end", "pytorch_eager_fp32", "onnxruntime_cpu"), lambda v: v >= 1.5),
+    Target("Triton gRPC end to end within 1.25x of in-process onnxruntime (comparison slide)",
+           ratio("serving vs in-process (end to end)", "triton_grpc", "onnxruntime_cpu"), lambda v: v <= 1.25),
+    Target("Triton gRPC + system shared memory within 1.25x of in-process onnxruntime",
+           ratio("serving vs in-process (end to end)", "triton_grpc_shm", "onnxruntime_cpu"), lambda v: v <= 1.25),
+    Target("our end-to-end pipeline >= 5x faster than the seed-style baseline",
+           ratio("end to end", "seed_baseline_png_eager_fp32", "onnxruntime_cpu"), lambda v: v >= 5),
+    Target("load test: zero failed requests", load_failures, lambda v: v == 0, unit=" failed"),
+    Target("tiling peak RSS < 2 GiB", tiling_peak, lambda v: v < 2048, unit=" MiB"),
+    Target("H100: 10,000-patch slide <= 1.5 s end to end", gpu_large_slide, lambda v: v <= 1.5, unit=" s"),
+    Target("H100: encoder >= 30 % of bf16 peak", gpu_fraction, lambda v: v >= 30, unit=" %"),
+)
+
+
+def targets_section(grouped: dict) -> list[str]:
+    lines = ["| target | reached | met | how |", "|---|---|---|---|"]
+    for t in TARGETS:
+        value, how = t.measure(grouped)
+        if value is None:
+            lines.append(f"| {t.text} | not measured | - | {how} |")
+        else:
+            lines.append(f"| {t.text} | {value:.2f}{t.unit} | {'yes' if t.met(value) else 'NO'} | {how} |")
+    return lines
+
+
+def conditions(data: dict, source: str) -> list[str]:
+    m = data.get("machine_info", {})
+    versions = m.get("versions", {})
+    commit = data.get("commit_info", {})
+    return [
+        f"Source: `{source}`, run {data.get('datetime', '?')}"
+        + (f", commit `{str(commit.get('id', ''))[:10]}`{' (dirty)' if commit.get('dirty') else ''}" if commit else ""),
+        "",
+        f"- device: {m.get('device', '?')}; {m.get('cpu_count', '?')} CPU cores "
+        f"({(m.get('cpu') or {}).get('brand_raw', m.get('processor', '?'))}); torch threads {m.get('torch_threads', '?')}",
+        f"- profile: {m.get('bench_profile', '?')}; load average at start {m.get('load_average_at_start', '?')} "
+        "(other work on the machine inflates every figure alike; ratios within the run are what compare)",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+    ]
+
+
+def render(data: dict, source: str) -> str:
+    grouped = groups(data)
+    lines = [INTRO, "## Conditions", "", *conditions(data, source), "", "## Targets (ratios within this run)", "",
+             *targets_section(grouped), ""]
+    for name, rows in grouped.items():
+        lines += [f"## {name}", "", *table(rows), ""]
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.summarize", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", help="pytest-benchmark JSON (--benchmark-json)")
+    parser.add_argument("--output", default=str(README), help="Markdown file to write (default bench/README.md)")
+    args = parser.parse_args(argv)
+    path = Path(args.results)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: cannot read {path}: {exc}; produce it with "
+              "`uv run pytest bench --benchmark-only --benchmark-json bench/results/cpu.json`", file=sys.stderr)
+        return 2
+    if not isinstance(data, dict) or not data.get("benchmarks"):
+        print(f"error: {path} holds no benchmarks (was it written with --benchmark-disable?)", file=sys.stderr)
+        return 2
+    write_atomic(Path(args.output), render(data, str(path)))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The README generator: tables per stage and targets computed as ratios from a pytest-benchmark JSON."""
+from __future__ import annotations
+
+import json
+
+from bench import summarize
+
+
+def _bench(group: str, engine: str, median: float, **extra) -> dict:
+    return {"group": group, "name": f"test[{engine}]", "param": engine,
+            "stats": {"median": median, "min": median, "rounds": 2}, "extra_info": {"engine": engine, **extra}}
+
+
+def test_summary_computes_target_ratios(tmp_path):
+    data = {"machine_info": {"device": "cpu (x86_64)", "torch_threads": 2, "versions": {"torch": "2.x"}},
+            "datetime": "now", "benchmarks": [
+                _bench("patch encoding", "pytorch_eager_fp32", 3.0, patches=300),
+                _bench("patch encoding", "onnxruntime_cpu", 1.0, patches=300, patches_per_s=300.0),
+                _bench("end to end", "onnxruntime_cpu", 2.0),
+                _bench("end to end", "seed_baseline_png_eager_fp32", 8.0),
+                _bench("serving vs in-process (end to end)", "onnxruntime_cpu", 10.0),
+                _bench("serving vs in-process (end to end)", "triton_grpc", 13.0)]}
+    source = tmp_path / "r.json"
+    source.write_text(json.dumps(data))
+    out = tmp_path / "README.md"
+    assert summarize.main([str(source), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "| onnxruntime >= 1.5x PyTorch eager (patch encoding, CPU) | 3.00x | yes |" in text
+    assert "| our end-to-end pipeline >= 5x faster than the seed-style baseline | 4.00x | NO |" in text
+    assert "within 1.25x of in-process onnxruntime (comparison slide) | 1.30x | NO |" in text
+    assert "| H100: encoder >= 30 % of bf16 peak | not measured |" in text
+    assert "## patch encoding" in text and "| 300.0 |" in text
+
+
+def test_summary_refuses_results_without_benchmarks(tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    assert summarize.main([str(empty), "--output", str(tmp_path / "x.md")]) == 2
+    assert "holds no benchmarks" in capsys.readouterr().err
+    assert not (tmp_path / "x.md").exists()
