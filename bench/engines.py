@@ -7,7 +7,7 @@ carry `needs_cuda` so the benchmarks skip them with a reason on machines without
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -75,7 +75,6 @@ class InProcessEngine:
     name: str
     runners: dict[str, Runner]
     modalities: tuple[str, ...]
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def encode(self, batches: Iterable[np.ndarray]) -> np.ndarray:
         run = self.runners[PatchEncoderPart.name]

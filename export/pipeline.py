@@ -78,10 +78,17 @@ def export_checkpoint(target: Target, fmt: ExportFormat, output_dir: Path, *, op
             module = part_cls(model, geometry).eval()
             signature = part_cls.signature(geometry)
             path = staging / f"{part_cls.name}{fmt.suffix}"
-            with torch.no_grad():
-                info = fmt.export(module, part_cls.example_inputs(geometry), signature, path, opset)
-            fmt.set_precision(path, precision)
-            fmt.verify(path, signature)
+            try:
+                with torch.no_grad():
+                    info = fmt.export(module, part_cls.example_inputs(geometry), signature, path, opset)
+                fmt.set_precision(path, precision)
+                fmt.verify(path, signature)
+            except ExportError:
+                raise
+            except Exception as exc:
+                detail = str(exc).splitlines()[0] if str(exc) else ""
+                raise ExportError(f"{source.name}: {fmt.name} export of part {part_cls.name} failed "
+                                  f"(opset {opset}, {precision}): {type(exc).__name__}: {detail}") from exc
             digests = {name: sha256_file(staging / name) for name in info["files"]}
             records[part_cls.name] = part_record(path.name, digests, signature, info["exporter"])
             files[part_cls.name] = path.name

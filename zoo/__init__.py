@@ -21,6 +21,8 @@ _EXPORTS: dict[str, str] = {
     "list_entries": "zoo.registry",
     "get_entry": "zoo.registry",
     "build_model": "zoo.registry",
+    # training
+    "MultimodalTrainer": "zoo.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,106 @@
+"""2-process DDP training, a sweep's leaderboard and charts, and the attention views."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from zoo.sweep import run_sweep
+from zoo.train import run_training
+from zoo.viz import main as viz_main
+
+ROOT = Path(__file__).resolve().parents[2]
+QUIET = dict(progress=False, log=lambda _m: None)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000, path
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_torchrun_two_cpu_processes(easy_cohort, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+           "-m", "zoo.train", "attention-path_clin", "--recipe", "tiny", "--data-dir", str(easy_cohort),
+           "--output-dir", str(out), "training.epochs=2", "data.modalities.pathology.max_patches=4"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2
+    # every test patient evaluated exactly once across the two ranks
+    assert metrics["test"]["num_samples"] == len(pd.read_csv(easy_cohort / "test_clinical.csv"))
+    assert proc.stdout.count("test split (best checkpoint)") == 1  # only rank 0 reports
+
+
+def test_sweep_writes_leaderboard_and_charts_and_survives_a_failed_entry(easy_cohort, tmp_path):
+    def train_or_fail(name, **kwargs):
+        if name == "mri_only":
+            raise RuntimeError("injected failure")
+        return run_training(name, **kwargs, **QUIET)
+
+    table = run_sweep(["concatenate", "clinical_only", "mri_only"], seeds=[0, 1], recipe="tiny",
+                      data_dir=easy_cohort, output_root=tmp_path, name="t", overrides=["training.epochs=1"],
+                      train_fn=train_or_fail, log=lambda _m: None)
+    out = tmp_path / "sweeps" / "t"
+    assert sorted(table["entry"]) == ["clinical_only", "concatenate"]
+    assert (table["seeds"] == 2).all() and table["params"].gt(0).all()
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 6 and (runs["status"] == "failed").sum() == 2
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert {"test_f1_mean", "test_f1_std", "val_auc_mean", "train_time_s_mean"} <= set(board.columns)
+    md = (out / "leaderboard.md").read_text()
+    assert "concatenate" in md and "injected failure" in md and "±" in md
+    assert_png(out / "fusion_comparison.png")
+    assert_png(out / "modality_ablation.png")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(easy_cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("viz") / "attention"
+    run_training("attention", recipe="tiny", data_dir=easy_cohort, output_dir=out,
+                 overrides=["training.epochs=2"], **QUIET)
+    return out / "best.pt"
+
+
+def first_patient_with_slides(data_dir: Path) -> str:
+    slides = {p.stem.rsplit("-", 1)[0] for p in (data_dir / "wsi_raw").glob("*.svs")}
+    ids = pd.read_csv(data_dir / "test_clinical.csv")["patient_id"].astype(str)
+    return next(pid for pid in ids if pid in slides)
+
+
+def test_viz_mil_writes_top_k_and_heatmaps(checkpoint, easy_cohort):
+    patient = first_patient_with_slides(easy_cohort)
+    assert viz_main(["mil", "--checkpoint", str(checkpoint), "--patient-id", patient, "--top-k", "4"]) == 0
+    figures = checkpoint.parent / "figures"
+    assert_png(figures / f"mil_attention_{patient}.png")
+    heatmaps = list(figures.glob(f"mil_heatmap_{patient}-*.png"))
+    assert heatmaps
+    for path in heatmaps:
+        assert_png(path)
+
+
+def test_viz_fusion_and_attention_score(checkpoint, easy_cohort, capsys):
+    patient = first_patient_with_slides(easy_cohort)
+    assert viz_main(["fusion", "--checkpoint", str(checkpoint), "--patient-id", patient]) == 0
+    figures = checkpoint.parent / "figures"
+    assert_png(figures / f"fusion_attention_{patient}.png")
+    assert_png(figures / "fusion_attention_by_class_test.png")
+    assert viz_main(["attention-score", "--checkpoint", str(checkpoint), "--split", "test"]) == 0
+    summary = json.loads((checkpoint.parent / "attention_score_test.json").read_text())
+    assert summary["num_slides"] > 0 and summary["num_slides_scored"] > 0
+    assert 0.0 <= summary["mean_auroc"] <= 1.0
+    assert "attention AUROC" in capsys.readouterr().out
+
+
+def test_viz_bad_input_is_a_clear_error(checkpoint, tmp_path, capsys):
+    assert viz_main(["mil", "--checkpoint", str(checkpoint), "--patient-id", "NOPE"]) == 2
+    assert "NOPE" in capsys.readouterr().err
+    assert viz_main(["fusion", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
