@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 # Strong class signal in every modality so a 2-core, few-epoch tiny run must beat chance.
 EASY_SIGNALS = dict(pathology=4.0, mri=4.0, clinical=4.0)
-EASY_COHORT = dict(num_samples=40, seed=3, slide_size=512, missing_mri=0.05, missing_wsi=0.05)
+EASY_COHORT = dict(num_samples=32, seed=3, slide_size=256, missing_mri=0.05, missing_wsi=0.05)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,3 +36,15 @@ def easy_cohort(tmp_path_factory):
                   tissue_threshold=p["tissue_threshold"], target_spacing=m["target_spacing"],
                   output_shape=m["output_shape"], workers=2, progress=False)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def attention_run(easy_cohort, tmp_path_factory):
+    """One short all-modality training run whose outputs several tests inspect."""
+    from zoo.train import run_training
+
+    out = tmp_path_factory.mktemp("attention_run") / "attention"
+    result = run_training("attention", recipe="tiny", data_dir=easy_cohort, output_dir=out,
+                          overrides=["training.epochs=2", "data.modalities.pathology.max_patches=4"],
+                          progress=False, log=lambda _m: None)
+    return out, result

@@ -62,11 +62,8 @@ def test_sweep_writes_leaderboard_and_charts_and_survives_a_failed_entry(easy_co
 
 
 @pytest.fixture(scope="module")
-def checkpoint(easy_cohort, tmp_path_factory):
-    out = tmp_path_factory.mktemp("viz") / "attention"
-    run_training("attention", recipe="tiny", data_dir=easy_cohort, output_dir=out,
-                 overrides=["training.epochs=2"], **QUIET)
-    return out / "best.pt"
+def checkpoint(attention_run):
+    return attention_run[0] / "best.pt"
 
 
 def first_patient_with_slides(data_dir: Path) -> str:

@@ -10,24 +10,23 @@ import torch
 from zoo.train import TrainingSetupError, run_training
 
 QUIET = dict(progress=False, log=lambda _m: None)
-# Enough optimisation for the tiny models to fit a strong signal on 2 cores in seconds.
-LEARN = ["training.epochs=8", "training.optimizer.lr=0.003", "training.scheduler.T_max=8",
-         "training.early_stopping.patience=8", "data.modalities.pathology.max_patches=4"]
+# Enough optimisation for a tiny model to fit the easy cohort's strong signal in seconds on 2 cores.
+LEARN = ["training.epochs=10", "training.optimizer.lr=0.01", "training.scheduler.T_max=10",
+         "training.early_stopping.patience=10"]
 
 
-@pytest.fixture(scope="module")
-def trained(easy_cohort, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained") / "attention"
-    result = run_training("attention", recipe="tiny", data_dir=easy_cohort, output_dir=out, overrides=LEARN, **QUIET)
-    return out, result
-
-
-def test_training_beats_chance_and_writes_outputs(trained):
-    out, result = trained
-    assert result["epochs_run"] >= 1 and 0 <= result["best_epoch"] < result["epochs_run"]
+def test_training_beats_chance(easy_cohort, tmp_path):
+    result = run_training("clinical_only", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "c",
+                          overrides=LEARN, **QUIET)
     # 4 classes: chance accuracy is about 0.25 and chance macro F1 lower still.
     assert result["best_val_f1"] > 0.5, result["history"]
     assert result["test"]["accuracy"] > 0.4, result["test"]
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+
+
+def test_training_writes_loadable_outputs(attention_run):
+    out, result = attention_run
+    assert result["epochs_run"] == 2 and 0 <= result["best_epoch"] < 2
     best = torch.load(out / "best.pt", weights_only=True)
     last = torch.load(out / "last.pt", weights_only=True)
     assert best["entry"] == "attention" and best["class_names"][0] == "Luminal A"
@@ -40,22 +39,22 @@ def test_training_beats_chance_and_writes_outputs(trained):
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(easy_cohort, tmp_path):
-    overrides = ["training.epochs=3", "training.scheduler.T_max=3", "data.modalities.pathology.max_patches=4"]
+    overrides = ["training.epochs=2", "training.scheduler.T_max=2", "data.modalities.pathology.max_patches=4"]
     full = run_training("attention-path_clin", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "full",
                         overrides=overrides, **QUIET)
 
     def interrupt(epoch, _row):
-        if epoch == 1:
-            raise KeyboardInterrupt  # as if killed after the second epoch's checkpoint
+        if epoch == 0:
+            raise KeyboardInterrupt  # as if killed after the first epoch's checkpoint
 
     with pytest.raises(KeyboardInterrupt):
         run_training("attention-path_clin", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "cut",
                      overrides=overrides, on_epoch_end=interrupt, **QUIET)
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 0
     seen = []
     resumed = run_training("attention-path_clin", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "cut",
                            overrides=overrides, resume=True, on_epoch_end=lambda e, _r: seen.append(e), **QUIET)
-    assert seen == [2]  # only the remaining epoch ran
+    assert seen == [1]  # only the remaining epoch ran
     assert resumed["history"] == full["history"]  # same seed -> same numbers, interrupted or not
     assert resumed["test"] == full["test"]
 
