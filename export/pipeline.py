@@ -20,6 +20,7 @@ from export.parity import ParityReport, check_parity, real_cases
 from export.parts import ParitySizes, parts_for
 from export.source import Target, load_source, sha256_file
 from zoo import spec
+from zoo.atomic import remove_orphaned_temps, temp_prefix
 
 DEFAULT_OPSET = 18
 
@@ -45,7 +46,7 @@ def commit_directory(staging: Path, target_dir: Path, overwrite: bool) -> None:
     refuse_existing(target_dir, overwrite)
     retired = None
     if target_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.old-", dir=target_dir.parent))
+        retired = Path(tempfile.mkdtemp(prefix=temp_prefix(f"{target_dir.name}.old"), dir=target_dir.parent))
         target_dir.rename(retired / target_dir.name)
     try:
         staging.rename(target_dir)
@@ -68,9 +69,10 @@ def export_checkpoint(target: Target, fmt: ExportFormat, output_dir: Path, *, op
     target_dir = output_dir / source.name
     refuse_existing(target_dir, overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temps(output_dir)  # staging dirs of a killed earlier export
     model, config = source.model, source.config
     geometry = probe_geometry(model, config)
-    staging = Path(tempfile.mkdtemp(prefix=f".{source.name}.partial-", dir=output_dir))
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(f"{source.name}.partial"), dir=output_dir))
     try:
         records, files = {}, {}
         for part_cls in tqdm(parts_for(geometry.modalities), desc=f"export {source.name} ({fmt.name})",

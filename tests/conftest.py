@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,6 @@ import yaml
 torch.set_num_threads(2)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # the project is not an installed package (tool.uv package = false)
-    sys.path.insert(0, str(REPO_ROOT))
 BASE_CONFIG = REPO_ROOT / "configs" / "breast_cancer_config.yaml"
 
 TINY_COHORT = dict(num_samples=24, seed=0, slide_size=512, missing_mri=0.15, missing_wsi=0.15, mri_shape=(96, 96, 24))
@@ -27,7 +24,7 @@ def tiny_cohort(tmp_path_factory) -> Path:
     Parameters (``TINY_COHORT``): 24 patients (seed 0; 16/4/4 train/val/test), slides with sides of 410-512 px
     (1-5 per patient, ~2.3 on average), raw MRI 96x96x24 voxels at 0.7x0.7x3 mm, 15% of patients without MRI
     and 15% without slides (so both missing cases occur). Prepared with ``ensure_cohort``: tiled at
-    patch_size 64 (``wsi_patches/ps64_l0_t0.5``, ~5-25 patches per slide) and at the config default 256
+    patch_size 64 (``wsi_patches/ps64_l0_t0.5``, ~10-40 patches per slide) and at the config default 256
     (``wsi_patches/ps256_l0_t0.5``: few patches, some slides fail with "no patch reaches tissue fraction"),
     MRI preprocessed to 64x64x32 at 1x1x3 mm in ``mri_processed``.
     """

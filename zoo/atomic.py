@@ -6,10 +6,54 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+
+# Temp names carry the writer's pid (".<name>.pid<pid>.<random>..."), so a later run can tell the leftovers of a
+# writer that was killed (SIGKILL, OOM killer, power loss: no cleanup ran) from files a live writer still owns.
+_ORPHAN_NAME = re.compile(r"^\..+?\.pid(\d+)\.")
+
+
+def temp_prefix(name: str) -> str:
+    """Prefix for a temp file or dir standing in for `name`, tagged with this process's pid."""
+    return f".{name}.pid{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_orphaned_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete temp files/dirs in `directory` whose writer process no longer exists; returns what was removed.
+
+    Pids are local to this machine (and PID namespace): several hosts writing into one shared directory should
+    not run this concurrently.
+    """
+    directory = Path(directory)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for item in directory.iterdir():
+        match = _ORPHAN_NAME.match(item.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+        removed.append(item)
+    return removed
 
 
 @contextmanager
@@ -17,7 +61,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path next to `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

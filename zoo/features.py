@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo import distributed as ddp
-from zoo.atomic import atomic_path
+from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.data.tile import iter_patch_batches, load_coords
 
 FEATURE_CACHE_VERSION = 1
@@ -164,7 +164,8 @@ def ensure_features(
     """
     data_dir, tiling_dir = Path(data_dir), Path(tiling_dir)
     if slide_ids is None:
-        slide_ids = sorted(p.stem for p in tiling_dir.glob("*.h5"))
+        # Dot-names are other writers' temp files (pathlib's glob matches them), never tilings.
+        slide_ids = sorted(p.stem for p in tiling_dir.glob("*.h5") if not p.name.startswith("."))
     if not slide_ids:
         raise FileNotFoundError(f"no tiled slides in {tiling_dir}; tile the cohort first (python -m zoo.data.tile)")
     device = torch.device(device)
@@ -172,6 +173,7 @@ def ensure_features(
     patch_encoder.eval().to(device)
     identity = encoder_identity(patch_encoder, tiling_dir)
     report = CacheReport(feature_dir(data_dir, identity))
+    remove_orphaned_temps(report.directory)  # temp files of a killed earlier run
     mine = list(slide_ids)[ddp.rank()::ddp.world_size()]
     bar = tqdm(mine, desc=f"feature cache {identity.key}", disable=not (progress and ddp.is_main_process()),
                dynamic_ncols=True)

@@ -21,7 +21,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from zoo import distributed as ddp
-from zoo.atomic import atomic_write_json, atomic_write_text
+from zoo.atomic import atomic_write_json, atomic_write_text, remove_orphaned_temps
 from zoo.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
 from zoo.metrics import classification_metrics
 from zoo.spec import CLASS_NAMES, KEY_LABEL, KEY_PATIENT_ID, KEY_SLIDE_IDS
@@ -345,6 +345,7 @@ class MultimodalTrainer:
     def train(self) -> dict[str, Any]:
         if self.output_dir is not None and ddp.is_main_process():
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            remove_orphaned_temps(self.output_dir)  # a checkpoint half-written by a killed earlier run
             atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(_plain(self.config), sort_keys=False))
         if self.resume:
             self._try_resume()

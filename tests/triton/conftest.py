@@ -1,4 +1,5 @@
-"""Session fixtures: a tiny export, a model repository built from it, and the real Triton server on it."""
+"""Session fixtures: real tiny-recipe checkpoints, their real ONNX exports, a model repository built from them,
+the real Triton server on it, and the in-process PyTorch models the served results are compared with."""
 from __future__ import annotations
 
 import sys
@@ -11,23 +12,36 @@ for path in (Path(__file__).resolve().parents[2], Path(__file__).resolve().paren
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from tiny_export import write_tiny_export  # noqa: E402
+from reference import TorchReference  # noqa: E402
+from served_models import export_entry, write_checkpoint  # noqa: E402
 
 from triton_repo import manifest as mf  # noqa: E402
 from triton_repo.build import build_repository  # noqa: E402
 from triton_repo.plan import BuildOptions  # noqa: E402
 from triton_repo.server import TritonServer, free_port  # noqa: E402
 
-ENTRY = "tiny_attention"
-SECOND_ENTRY = "tiny_attention-path_clin"  # a second entry side by side, without MRI
+ENTRY = "attention"               # all three modalities
+SECOND_ENTRY = "gated-path_clin"  # a second entry side by side: another fusion, without MRI
 MAX_PATCH_BATCH = 128
+TOL = 1e-4                        # issue #6: Triton equals in-process PyTorch within 1e-4
 
 
 @pytest.fixture(scope="session")
-def exports(tmp_path_factory) -> dict[str, Path]:
+def checkpoints(tiny_cohort, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("outputs")
+    return {name: write_checkpoint(name, root / name / "best.pt", tiny_cohort, seed=i)
+            for i, name in enumerate((ENTRY, SECOND_ENTRY))}
+
+
+@pytest.fixture(scope="session")
+def exports(checkpoints, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("exports")
-    return {ENTRY: write_tiny_export(root / ENTRY, ENTRY, seed=0),
-            SECOND_ENTRY: write_tiny_export(root / SECOND_ENTRY, SECOND_ENTRY, ("pathology", "clinical"), seed=1)}
+    return {name: export_entry(name, checkpoint, root) for name, checkpoint in checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def references(checkpoints) -> dict[str, TorchReference]:
+    return {name: TorchReference(checkpoint) for name, checkpoint in checkpoints.items()}
 
 
 @pytest.fixture(scope="session")

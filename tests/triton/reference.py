@@ -1,43 +1,47 @@
-"""In-process reference: the export's ONNX parts chained with onnxruntime, as the ensembles should compute."""
+"""In-process PyTorch reference: the checkpoint's model in eval mode, fed the way training feeds it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
-import onnxruntime as ort
+import torch
 
-from triton_repo import manifest as mf
-from triton_repo.plan import PATHOLOGY, placeholder
+from zoo import spec
+from zoo.checkpoint import load_checkpoint
+from zoo.models import build_model_from_config
 
 
-class OnnxReference:
-    def __init__(self, manifest: mf.ExportManifest):
-        self.m = manifest
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        self.sessions = {name: ort.InferenceSession(str(part.path), options, providers=["CPUExecutionProvider"])
-                         for name, part in manifest.parts.items() if name != mf.WHOLE_MODEL}
+@dataclass
+class Reference:
+    probabilities: np.ndarray             # [K]
+    fusion_attention: np.ndarray          # [M] over model.modalities
+    patch_attention: np.ndarray | None    # [N] over the real patches
 
-    def run(self, part: str, *arrays: np.ndarray) -> list[np.ndarray]:
-        spec = self.m.part(part)
-        return self.sessions[part].run(None, {t.name: a for t, a in zip(spec.inputs, arrays)})
 
-    def encode_patches(self, patches: np.ndarray) -> np.ndarray:
-        return self.run(mf.PATCH_ENCODER, patches)[0]
+class TorchReference:
+    def __init__(self, checkpoint: Path):
+        payload = load_checkpoint(checkpoint)
+        self.model = build_model_from_config(payload["config"]["model"])
+        self.model.load_state_dict(payload["state_dict"])
+        self.model.eval()
 
-    def predict(self, features=None, mri=None, clinical=None):
-        """(probabilities [K], fusion attention [M], patch attention [N] | None) for one patient."""
-        given = {PATHOLOGY: features, "mri": mri, "clinical": clinical}
-        presence = np.array([[given[m] is not None for m in self.m.modalities]])
-        embeddings, attention = [], None
-        for modality in self.m.modalities:
-            value = given[modality]
-            if modality == PATHOLOGY:
-                bag = value if value is not None else placeholder(self.m.part(mf.MIL_POOL).input(0))
-                embedding, patch_attention = self.run(mf.MIL_POOL, bag)
-                attention = patch_attention if value is not None else None
-            else:
-                encoder = mf.MODALITY_ENCODER[modality]
-                x = value[None] if value is not None else placeholder(self.m.part(encoder).input(0))
-                embedding = self.run(encoder, x)[0]
-            embeddings.append(embedding)
-        probabilities, fusion_attention = self.run(mf.FUSION_HEAD, *embeddings, presence)
-        return probabilities[0], fusion_attention[0], attention
+    @torch.no_grad()
+    def run(self, batch: dict[str, Any]) -> Reference:
+        """Forward one patient's collated batch (B=1); absent keys are missing modalities."""
+        logits, aux = self.model(batch)
+        attention = aux.get(spec.AUX_PATHOLOGY_ATTENTION)
+        mask = batch.get(spec.KEY_PATHOLOGY_MASK)
+        present = attention is not None and attention.shape[-1] and (mask is None or bool(mask.any()))
+        return Reference(
+            probabilities=torch.softmax(logits, -1)[0].numpy(),
+            fusion_attention=aux[spec.AUX_FUSION_ATTENTION][0].numpy(),
+            patch_attention=(attention[0] if mask is None else attention[0][mask[0]]).numpy() if present else None)
+
+    def predict(self, patches: np.ndarray | None = None, mri: np.ndarray | None = None,
+                clinical: np.ndarray | None = None) -> Reference:
+        """Seed-style batch of the given modalities only: uint8 patches [N,3,H,W], MRI [C,X,Y,Z], clinical [F]."""
+        given = {spec.KEY_PATHOLOGY: patches, spec.KEY_MRI: mri, spec.KEY_CLINICAL: clinical}
+        return self.run({k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in given.items()
+                         if v is not None})

@@ -39,7 +39,11 @@ def test_every_config_parses_and_matches_the_onnx_graphs(exports, tmp_path, flav
         batch = [-1] if config.max_batch_size > 0 else []
         for tensors, kind in ((config.input, "input"), (config.output, "output")):
             for t in tensors:
-                assert batch + list(t.dims) == _onnx_dims(onnx_path, t.name, kind), (name, t.name)
+                served, graph = batch + list(t.dims), _onnx_dims(onnx_path, t.name, kind)
+                assert len(served) == len(graph), (name, t.name, served, graph)
+                for axis, (want, got) in enumerate(zip(served, graph)):
+                    # The legacy tracer leaves some output dims symbolic; the config pins them (manifest).
+                    assert want == got or (kind == "output" and got == -1), (name, t.name, axis, served, graph)
         if flavor == "gpu":
             assert config.platform == "onnxruntime_onnx" and config.instance_group[0].kind == 1  # KIND_GPU
             accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator

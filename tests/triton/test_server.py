@@ -1,4 +1,4 @@
-"""Against the real tritonserver: parity with in-process onnxruntime, chunked streaming, errors, loopback only."""
+"""Against the real tritonserver serving real exports: equal to in-process PyTorch, chunked streaming, errors."""
 from __future__ import annotations
 
 import ipaddress
@@ -17,15 +17,12 @@ from triton_repo.connection import ClientError
 from triton_repo.plan import ensemble_io, part_model_name
 from triton_repo.server import TritonServer, TritonServerError, free_port
 
-from conftest import ENTRY, MAX_PATCH_BATCH, SECOND_ENTRY
-from reference import OnnxReference
-
-TOL = 1e-4
+from conftest import ENTRY, MAX_PATCH_BATCH, SECOND_ENTRY, TOL
 
 
 @pytest.fixture(scope="module")
-def reference(manifest):
-    return OnnxReference(manifest)
+def reference(references):
+    return references[ENTRY]
 
 
 @pytest.fixture(scope="module")
@@ -58,65 +55,68 @@ def _infer(url, model, arrays: dict[str, np.ndarray], outputs: list[str], timeou
         return [result.as_numpy(o) for o in outputs]
 
 
-def test_full_ensemble_equals_onnxruntime(server, manifest, reference, patient):
+def _assert_equal_to_reference(probabilities, fusion_attention, patch_attention, ref):
+    np.testing.assert_allclose(probabilities, ref.probabilities, atol=TOL)
+    np.testing.assert_allclose(fusion_attention, ref.fusion_attention, atol=TOL)
+    if ref.patch_attention is None:
+        assert patch_attention is None
+    else:
+        np.testing.assert_allclose(patch_attention, ref.patch_attention, atol=TOL)
+
+
+def test_full_ensemble_equals_pytorch(server, manifest, reference, patient):
     io = ensemble_io(manifest, from_features=False)
     bag = patient["patches"][:MAX_PATCH_BATCH]  # the full ensemble takes a bag up to the encoder's max batch
     arrays = {io.modality_inputs["pathology"].name: bag, io.modality_inputs["mri"].name: patient["mri"][None],
               io.modality_inputs["clinical"].name: patient["clinical"][None], io.presence.name: np.ones((1, 3), bool)}
     probs, fusion, attention = _infer(server.grpc_url, ENTRY, arrays, [io.probabilities.name,
                                                                       io.fusion_attention.name, io.patch_attention.name])
-    ref_probs, ref_fusion, ref_attention = reference.predict(reference.encode_patches(bag), patient["mri"],
-                                                             patient["clinical"])
-    np.testing.assert_allclose(probs[0], ref_probs, atol=TOL)
-    np.testing.assert_allclose(fusion[0], ref_fusion, atol=TOL)
-    np.testing.assert_allclose(attention, ref_attention, atol=TOL)
+    _assert_equal_to_reference(probs[0], fusion[0], attention, reference.predict(bag, patient["mri"],
+                                                                                 patient["clinical"]))
     assert probs.shape == (1, len(manifest.class_names)) and attention.shape == (len(bag),)
 
 
+@pytest.fixture(scope="module")
+def whole_patient_reference(reference, patient):
+    return reference.predict(patient["patches"], patient["mri"], patient["clinical"])
+
+
 @pytest.mark.parametrize("shared_memory", [False, True])
-def test_chunked_slide_path_equals_onnxruntime(server, repository, manifest, reference, patient, shared_memory):
+def test_chunked_slide_path_equals_pytorch(server, repository, whole_patient_reference, patient, shared_memory):
     bags = [inp.array_bag("P1-0", patient["coords"][:400], patient["patches"][:400], 50),
             inp.array_bag("P1-1", patient["coords"][400:], patient["patches"][400:], 300)]
     with SlideClient(server.grpc_url, ENTRY, repository, chunk_size=64, in_flight=3,
                      shared_memory=shared_memory) as c:
         pred = c.predict(bags=bags, mri=patient["mri"], clinical=patient["clinical"])
-    ref_probs, ref_fusion, ref_attention = reference.predict(reference.encode_patches(patient["patches"]),
-                                                             patient["mri"], patient["clinical"])
-    np.testing.assert_allclose(pred.probabilities, ref_probs, atol=TOL)
-    np.testing.assert_allclose(pred.fusion_attention, ref_fusion, atol=TOL)
-    np.testing.assert_allclose(pred.patch_attention, ref_attention, atol=TOL)
+    ref = whole_patient_reference
+    _assert_equal_to_reference(pred.probabilities, pred.fusion_attention, pred.patch_attention, ref)
     assert pred.slide_ids == ("P1-0", "P1-1")
     np.testing.assert_array_equal(pred.coords[:, 0], np.repeat([0, 1], [400, 300]))
     np.testing.assert_array_equal(pred.coords[:, 1:], patient["coords"])
     top = pred.top_patches(3)
-    assert top[0]["attention"] == pytest.approx(float(ref_attention.max()), abs=TOL)
+    assert top[0]["attention"] == pytest.approx(float(ref.patch_attention.max()), abs=TOL)
 
 
 @pytest.mark.parametrize("missing", ["pathology", "mri", "clinical"])
-def test_each_missing_modality_equals_onnxruntime(client, reference, patient, missing):
+def test_each_missing_modality_equals_pytorch(client, reference, patient, missing):
     given = {"pathology": patient["patches"][:200], "mri": patient["mri"], "clinical": patient["clinical"]}
     given[missing] = None
     bags = [] if given["pathology"] is None else [inp.array_bag("s", patient["coords"][:200], given["pathology"])]
     pred = client.predict(bags=bags, mri=given["mri"], clinical=given["clinical"])
-    features = None if given["pathology"] is None else reference.encode_patches(given["pathology"])
-    ref_probs, ref_fusion, ref_attention = reference.predict(features, given["mri"], given["clinical"])
-    np.testing.assert_allclose(pred.probabilities, ref_probs, atol=TOL)
-    np.testing.assert_allclose(pred.fusion_attention, ref_fusion, atol=TOL)
+    ref = reference.predict(given["pathology"], given["mri"], given["clinical"])
+    _assert_equal_to_reference(pred.probabilities, pred.fusion_attention, pred.patch_attention, ref)
     assert not pred.presence[pred.modalities.index(missing)]
     assert pred.fusion_attention[pred.modalities.index(missing)] == pytest.approx(0.0, abs=1e-6)
-    assert (pred.patch_attention is None) == (missing == "pathology")
 
 
-def test_second_entry_served_side_by_side(server, repository, exports, patient):
-    second = mf.load(exports[SECOND_ENTRY])
+def test_second_entry_served_side_by_side(server, repository, references, patient):
     with SlideClient(server.grpc_url, SECOND_ENTRY, repository) as c:
         pred = c.predict(bags=[inp.array_bag("s", patient["coords"][:50], patient["patches"][:50])],
                          clinical=patient["clinical"])
         with pytest.raises(ClientError, match="has no mri branch"):
             c.predict(mri=patient["mri"])
-    ref = OnnxReference(second).predict(OnnxReference(second).encode_patches(patient["patches"][:50]),
-                                        None, patient["clinical"])
-    np.testing.assert_allclose(pred.probabilities, ref[0], atol=TOL)
+    ref = references[SECOND_ENTRY].predict(patient["patches"][:50], clinical=patient["clinical"])
+    _assert_equal_to_reference(pred.probabilities, pred.fusion_attention, pred.patch_attention, ref)
     assert pred.modalities == ("pathology", "clinical")
 
 
@@ -157,13 +157,15 @@ def test_bad_requests_are_rejected_and_the_server_stays_healthy(server, manifest
     encoder = part_model_name(ENTRY, mf.PATCH_ENCODER)
     patches_name = manifest.part(mf.PATCH_ENCODER).input(0).name
     features_name = manifest.part(mf.PATCH_ENCODER).output(0).name
+    feature_dim = manifest.part(mf.PATCH_ENCODER).output(0).shape[-1]
     cases = {
         "wrong dtype": (encoder, {patches_name: patient["patches"][:4].astype(np.float32)}, [features_name]),
         "wrong rank": (encoder, {patches_name: patient["patches"][0, 0]}, [features_name]),
         # Sent to the bag model itself: Triton 2.51 never completes an ensemble request with a 0-row tensor
         # (the client refuses empty bags before sending; see docs/cli/triton.md).
         "empty bag": (part_model_name(ENTRY, mf.MIL_POOL),
-                      {io.modality_inputs["pathology"].name: np.zeros((0, 6), np.float32)}, [io.patch_attention.name]),
+                      {io.modality_inputs["pathology"].name: np.zeros((0, feature_dim), np.float32)},
+                      [io.patch_attention.name]),
     }
     for label, (model, arrays, outputs) in cases.items():
         status, message = _status(lambda: _infer(url, model, arrays, outputs))
