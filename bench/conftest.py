@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 from bench.engines import (IN_PROCESS_ENGINES, TRITON_ENGINES, BenchModel,  # noqa: E402
                            TritonEngine)
 from bench.pipeline import Tiling, chunks, read_all_patches, tile_coords  # noqa: E402
-from bench.slides import write_bench_slide  # noqa: E402
+from bench.slides import bench_slide_path, side_for_patches, write_bench_slide  # noqa: E402
 
 ENTRY = "attention-path_clin"  # pathology MIL + clinical, attention fusion: every per-slide stage is exercised
 THREADS = 2
@@ -32,11 +32,11 @@ LARGE_SLIDE_PX = 40_000
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes of one bench mode. Slide sides are chosen for patch counts (synthetic tissue covers ~25 %)."""
+    """Sizes of one bench mode: slides are sized for a number of tissue patches (bench.slides.side_for_patches)."""
     name: str
     recipe: str
-    stage_slide_px: int          # a few hundred patches: per-stage and per-engine timings
-    compare_slide_px: int        # Triton vs in-process comparison slide
+    stage_patches: int           # a few hundred patches: per-stage and per-engine timings
+    compare_patches: int         # Triton vs in-process comparison slide
     memory_slide_px: tuple[int, ...]
     rounds: int
     load_s: float
@@ -46,9 +46,9 @@ class Profile:
 
 
 PROFILES = {
-    "ci": Profile("ci (--benchmark-disable)", "tiny", 512, 1024, (512, 1024), rounds=1, load_s=5.0, batch_size=64),
-    "cpu": Profile("cpu", "cpu", 4096, 6656, (2048, 4096, 6656), rounds=2, load_s=20.0),
-    "cuda": Profile("cuda", "gpu", 8192, 41_472, (4096, 8192), rounds=5, load_s=20.0, batch_size=256),
+    "ci": Profile("ci (--benchmark-disable)", "tiny", 80, 300, (512, 1024), rounds=1, load_s=5.0),
+    "cpu": Profile("cpu", "cpu", 300, 1000, (2048, 4096, 6144), rounds=2, load_s=20.0),
+    "cuda": Profile("cuda", "gpu", 400, 10_000, (4096, 8192), rounds=5, load_s=20.0, batch_size=256),
 }
 
 
@@ -67,7 +67,6 @@ def pytest_configure(config):
 def pytest_benchmark_update_machine_info(config, machine_info):
     import onnxruntime
     import openslide
-    import tritonclient
 
     machine_info.update({
         "bench_profile": select_profile(config).name,
@@ -77,16 +76,18 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "onnxruntime": onnxruntime.__version__, "openslide": openslide.__library_version__,
-                     "tritonclient": getattr(tritonclient, "__version__", "?"), "tritonserver": triton_version()},
+                     "tritonclient": package_version("tritonclient"),
+                     "tritonserver": f"nvidia-pytriton {package_version('nvidia-pytriton')} (bundled binary)"},
     })
 
 
-def triton_version() -> str:
+def package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        from importlib.metadata import version
-        return f"nvidia-pytriton {version('nvidia-pytriton')}"
-    except Exception:  # noqa: BLE001 - informational only
-        return "?"
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def select_profile(config) -> Profile:
@@ -163,6 +164,10 @@ class SlideData:
     probabilities: np.ndarray
     patch_attention: np.ndarray
 
+    @property
+    def side_px(self) -> int:
+        return int(self.path.stem.rsplit("_", 1)[-1])
+
     def batches(self, size: int):
         return chunks(self.patches, size)
 
@@ -176,16 +181,20 @@ def _slide_data(path: Path, workdir: Path, tiling: Tiling, engines, clinical: np
     return SlideData(path, coords, patches, features, prediction.probabilities, prediction.patch_attention)
 
 
+def _sized_slide(patches: int, slide_cache: Path, workdir: Path, tiling: Tiling, engines, clinical) -> SlideData:
+    side = side_for_patches(patches, tiling.patch_size)
+    path = write_bench_slide(bench_slide_path(slide_cache, side), side)
+    return _slide_data(path, workdir, tiling, engines, clinical)
+
+
 @pytest.fixture(scope="session")
 def stage_slide(profile, slide_cache, workdir, tiling, engines, clinical) -> SlideData:
-    path = write_bench_slide(slide_cache / f"bench_{profile.stage_slide_px}.svs", profile.stage_slide_px)
-    return _slide_data(path, workdir, tiling, engines, clinical)
+    return _sized_slide(profile.stage_patches, slide_cache, workdir, tiling, engines, clinical)
 
 
 @pytest.fixture(scope="session")
 def compare_slide(profile, slide_cache, workdir, tiling, engines, clinical) -> SlideData:
-    path = write_bench_slide(slide_cache / f"bench_{profile.compare_slide_px}.svs", profile.compare_slide_px)
-    return _slide_data(path, workdir, tiling, engines, clinical)
+    return _sized_slide(profile.compare_patches, slide_cache, workdir, tiling, engines, clinical)
 
 
 @pytest.fixture(scope="session")

@@ -68,5 +68,5 @@ def test_large_slide_end_to_end(benchmark, engine_name, engines, compare_slide, 
     diff = assert_probabilities_close(run().probabilities, compare_slide.probabilities, tolerance(engine_name)[1],
                                       engine_name)
     measure(benchmark, run, profile.rounds, "GPU: large slide end to end", engine=engine_name,
-            patches=len(compare_slide.coords), slides=1, slide_px=profile.compare_slide_px,
+            patches=len(compare_slide.coords), slides=1, slide_px=compare_slide.side_px,
             max_abs_diff_probabilities=diff)

@@ -1,4 +1,4 @@
-"""Peak RSS per slide size, so growth with slide size is visible: tiling (fresh interpreter, getrusage), and the
+"""Peak RSS per slide size, so growth with slide size is visible: tiling (fresh interpreter, its VmHWM), and the
 Triton client (this process) and server (tritonserver + python-backend stubs) during an end-to-end prediction.
 BENCH_LARGE=1 adds generation + tiling of a 40,000 x 40,000 px slide (minutes)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from bench.conftest import LARGE_SLIDE_PX
 from bench.memory import MIB, PeakRSS, run_in_subprocess
 from bench.pipeline import end_to_end
-from bench.slides import write_bench_slide
+from bench.slides import bench_slide_path, write_bench_slide
 from bench.timing import measure
 
 RSS_LIMIT = 2 * 1024 ** 3
@@ -28,7 +28,7 @@ def pytest_generate_tests(metafunc):
 
 
 def test_tiling_memory(benchmark, slide_px, slide_cache, workdir, tiling):
-    slide = slide_cache / f"bench_{slide_px}.svs"
+    slide = bench_slide_path(slide_cache, slide_px)
     generated = None if slide.is_file() else run_in_subprocess("generate", slide, slide_px)
     result = measure(benchmark, lambda: run_in_subprocess("tile", slide, out=workdir / "tiles_memory",
                                                           patch_size=tiling.patch_size),
@@ -47,7 +47,7 @@ def test_serving_memory(benchmark, slide_px, slide_cache, workdir, tiling, engin
     """Client and server RSS during one end-to-end Triton prediction of a slide of each size."""
     if slide_px == LARGE_SLIDE_PX:
         pytest.skip("the 40,000 px slide is measured for generation + tiling only (hours of CPU encoding)")
-    slide = write_bench_slide(slide_cache / f"bench_{slide_px}.svs", slide_px)
+    slide = write_bench_slide(bench_slide_path(slide_cache, slide_px), slide_px)
     engine = engines.get("triton_grpc")
     with PeakRSS() as client, PeakRSS(triton_server.pid) as server:
         prediction = measure(benchmark, lambda: end_to_end(engine, slide, workdir / "tiles_serving_memory", tiling,

@@ -29,7 +29,7 @@ def test_serving_vs_in_process(benchmark, engine_name, engines, compare_slide, t
     server_pid = request.getfixturevalue("triton_server").pid if engine_name in TRITON_ENGINES else None
     with PeakRSS() as client_rss, PeakRSS(server_pid) if server_pid else PeakRSS() as server_rss:
         measure(benchmark, run, max(1, profile.rounds - 1), "serving vs in-process (end to end)",
-                engine=engine_name, patches=len(compare_slide.coords), slides=1, slide_px=profile.compare_slide_px,
+                engine=engine_name, patches=len(compare_slide.coords), slides=1, slide_px=compare_slide.side_px,
                 max_abs_diff_probabilities=diff)
     benchmark.extra_info.update(client_rss.as_mib("client"))
     if server_pid:

@@ -2,7 +2,7 @@
 
     python -m triton_repo.client predict --slide S.svs [--slide ...] [--mri T1.nii.gz] [--clinical-json '{...}']
         [--url 127.0.0.1:8001] [--model ENTRY] [--repository model_repository] [--shared-memory]
-        [--heatmap out.png] [--chunk-size 256] [--in-flight 4] [--retries N]
+        [--heatmap out.png] [--tiling-dir DIR] [--chunk-size 256] [--in-flight 4] [--retries N]
     python -m triton_repo.client predict --patient-id P --data-dir data/breast_cancer [...]
 
 Missing modalities are simply not passed: the client sends the ensemble a placeholder and presence False.
@@ -84,13 +84,13 @@ class SlideClient:
     def __init__(self, url: str = "127.0.0.1:8001", model: str | None = None,
                  manifest_or_repo: mf.ExportManifest | str | Path = "model_repository", chunk_size: int = 256,
                  in_flight: int = 4, shared_memory: bool = False, retries: int = 0, backoff_s: float = 0.5,
-                 progress: bool = False):
+                 progress: bool = False, tiling_dir: str | Path | None = None):
         self.manifest = resolve_manifest(manifest_or_repo, model)
         self.entry = model or self.manifest.entry
         if self.entry != self.manifest.entry:
             raise ClientError(f"model {self.entry!r} does not match the manifest's entry {self.manifest.entry!r}")
         self.url, self.retries, self.backoff_s, self.progress = url, retries, backoff_s, progress
-        self.chunk_size = chunk_size
+        self.chunk_size, self.tiling_dir = chunk_size, tiling_dir
         self.client = connect(url, retries, backoff_s)
         self.has_pathology = PATHOLOGY in self.manifest.modalities
         self.io = ensemble_io(self.manifest, from_features=self.has_pathology)
@@ -136,7 +136,7 @@ class SlideClient:
         slide_ids: tuple[str, ...] = ()
         coords = None
         if self.has_pathology:
-            all_bags = list(bags) + [inp.slide_bag(s, m, self.chunk_size) for s in slides]
+            all_bags = list(bags) + self._tile_slides(slides)
             if all_bags:
                 features, coords, slide_ids = self.encode_slides(all_bags)
                 if len(features):
@@ -158,6 +158,16 @@ class SlideClient:
             fusion_attention=result.as_numpy(self.io.fusion_attention.name)[0], modalities=m.modalities,
             presence=presence[0], patch_attention=patch_attention,
             coords=coords if PATHOLOGY in items else None, slide_ids=slide_ids)
+
+    def _tile_slides(self, slides: Sequence[str | Path]) -> list[inp.SlideBag]:
+        """Bags of the slides that tile; one without tissue is skipped with a warning, like training skips it."""
+        bags = []
+        for slide in slides:
+            try:
+                bags.append(inp.slide_bag(slide, self.manifest, self.chunk_size, self.tiling_dir))
+            except inp.TilingFailed as err:
+                print(f"warning: {err}; slide skipped", file=sys.stderr)
+        return bags
 
     def _modality_input(self, modality: str) -> mf.TensorSpec:
         if modality not in self.io.modality_inputs:
@@ -220,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="entry name (default: the repository's only entry)")
     p.add_argument("--repository", default="model_repository",
                    help="model repository (or an exports/<entry> directory) to read the manifest from")
+    p.add_argument("--tiling-dir", help="cache of slide tilings (default: $XDG_CACHE_HOME/breast-fusion-zoo/"
+                                        "client-tiles)")
     p.add_argument("--shared-memory", action="store_true", help="send patches via system shared memory")
     p.add_argument("--heatmap", help="write a patch-attention heatmap PNG here")
     p.add_argument("--chunk-size", type=int, default=256)
@@ -229,11 +241,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _clinical_json(text: str) -> dict[str, Any]:
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--clinical-json is not valid JSON ({err}); e.g. '{{\"age\": 52, \"er_status\": 1}}'")
+    if not isinstance(values, dict):
+        raise ValueError(f"--clinical-json must be a JSON object of field -> value, e.g. "
+                         f"'{{\"age\": 52, \"er_status\": 1}}', not {type(values).__name__}")
+    return values
+
+
+def _heatmap_patch_size(manifest: mf.ExportManifest) -> int | None:
+    """Level-0 side of a patch when it is known exactly (tiling at level 0); else the heatmap infers it."""
+    tiling = manifest.preprocessing.get(PATHOLOGY) or {}
+    return int(tiling["patch_size"]) if tiling.get("level") == 0 and "patch_size" in tiling else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with SlideClient(args.url, args.model, args.repository, args.chunk_size, args.in_flight,
-                         args.shared_memory, args.retries, progress=True) as client:
+                         args.shared_memory, args.retries, progress=True, tiling_dir=args.tiling_dir) as client:
             given: dict[str, Any] = {}
             if args.patient_id:
                 given = patient_inputs(args.patient_id, args.data_dir, client.manifest)
@@ -242,15 +271,22 @@ def main(argv: list[str] | None = None) -> int:
             if args.mri:
                 given["mri"] = args.mri
             if args.clinical_json:
-                given["clinical"] = json.loads(args.clinical_json)
+                given["clinical"] = _clinical_json(args.clinical_json)
             prediction = client.predict(**given)
-        if args.heatmap:
-            from triton_repo.heatmap import write_heatmap
-            write_heatmap(prediction, args.heatmap)
     except (ClientError, mf.ManifestError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(prediction.to_dict(args.top_k), indent=2))
+    if args.heatmap:
+        if prediction.patch_attention is None:
+            print(f"warning: no slide was used, so there is no heatmap to write to {args.heatmap}", file=sys.stderr)
+        else:
+            from triton_repo.heatmap import write_heatmap
+            try:
+                write_heatmap(prediction, args.heatmap, _heatmap_patch_size(client.manifest))
+            except OSError as err:
+                print(f"error: heatmap {args.heatmap} not written: {err}", file=sys.stderr)
+                return 2
     return 0
 
 

@@ -32,23 +32,50 @@ def _check(array: np.ndarray, tensor: TensorSpec, what: str, batched: bool) -> n
     return array.astype(tensor.dtype, copy=False)
 
 
+TILING_KEYS = ("patch_size", "level", "tissue_threshold")  # manifest preprocessing.pathology -> tile_slide
+
+
+class TilingFailed(ValueError):
+    """A slide yields no patches (no tissue, unreadable pixels); the patient's other slides still count."""
+
+
 def tiling_cache() -> Path:
     import os
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "breast-fusion-zoo" / "client-tiles"
 
 
+def slide_tiling_dir(path: Path, root: Path, patch_size: int, level: int, tissue_threshold: float) -> Path:
+    """Where one slide's tiling is cached: per tiling setting and per slide file (path, size, mtime).
+
+    Slide ids are file stems, which repeat across cohorts (every cohort has a P001-0.svs): keying the cache by
+    the stem alone would serve one slide's coordinates for another.
+    """
+    import hashlib
+
+    from zoo.data.tile import tiling_dir_name
+    stat = path.stat()
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+    return root / tiling_dir_name(patch_size, level, tissue_threshold) / hashlib.sha256(identity).hexdigest()[:16]
+
+
 def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
               tiling_dir: str | Path | None = None) -> SlideBag:
-    """Tile `path` with the training tiling parameters (cached .h5 of coordinates) and stream its patches."""
+    """Tile `path` with the training tiling parameters (coordinates cached under `tiling_dir`, default
+    `tiling_cache()`) and stream its patches. Raises TilingFailed for a slide without usable tissue."""
     from zoo.data import tile  # imported lazily: tiling pulls in OpenSlide
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: slide not found")
-    params = dict(manifest.preprocessing.get("pathology") or {})
-    kwargs = {k: params[k] for k in ("patch_size", "level", "tissue_threshold") if k in params}
-    result = tile.tile_slide(path, Path(tiling_dir or tiling_cache()), **kwargs)
+    given = manifest.preprocessing.get("pathology") or {}
+    missing = [k for k in TILING_KEYS if k not in given]
+    if missing:
+        raise ValueError(f"{manifest.export_dir}: manifest preprocessing.pathology lacks {missing}, the tiling "
+                         "the model was trained with; re-export the entry with python -m export.onnx")
+    params = {k: given[k] for k in TILING_KEYS}
+    cache = slide_tiling_dir(path, Path(tiling_dir) if tiling_dir else tiling_cache(), **params)
+    result = tile.tile_slide(path, cache, **params)
     if not result.ok:
-        raise ValueError(f"{path}: tiling failed: {result.message}")
+        raise TilingFailed(f"{path}: tiling failed: {result.message}")
     coords, attrs = tile.load_coords(result.h5_path)
     batches = tile.iter_patch_batches(path, coords, int(attrs["patch_size"]), int(attrs["level"]), batch_size)
     return SlideBag(path.stem, coords, (patches for _, patches in batches))
@@ -83,6 +110,9 @@ def clinical_tensor(clinical: Mapping[str, Any] | np.ndarray, manifest: ExportMa
     """Clinical features as one item [F] float32, encoded with the export's preprocessor when given as a dict."""
     if isinstance(clinical, np.ndarray):
         return _check(clinical, tensor, "clinical array", batched=False)
+    if not isinstance(clinical, Mapping):
+        raise ValueError(f"clinical values must be a mapping of field -> value such as "
+                         f'{{"age": 52, "er_status": 1}} (or an encoded array), got {type(clinical).__name__}')
     state = manifest.preprocessing.get("clinical")
     if not state:
         raise ValueError(f"{manifest.export_dir}: manifest has no clinical preprocessor; pass an encoded array")

@@ -149,11 +149,15 @@ def _raw_parts(raw: dict, where: str) -> dict[str, dict]:
 
 
 def _read_raw(path: Path, verify_files: bool) -> dict:
-    try:
-        from export.manifest import ManifestError as ExportManifestError
-        from export.manifest import load_manifest  # the exporter's own validator: schema, sha256, parity
-    except ImportError:
-        load_manifest = None
+    load_manifest = None
+    if verify_files:
+        # Building a repository: the exporter's own validator (schema, sha256, parity). It imports torch, which a
+        # client reading the repository's copy (validated at build time) does not need.
+        try:
+            from export.manifest import ManifestError as ExportManifestError
+            from export.manifest import load_manifest
+        except ImportError:
+            pass
     if load_manifest is not None:
         try:
             return load_manifest(path, verify_files=verify_files)

@@ -72,7 +72,7 @@ def make_dataset(config: dict[str, Any], split: str):
     from zoo.data import BreastCancerMultiModalDataset
 
     return BreastCancerMultiModalDataset.from_config(config, split, data_dir=Path(config["data"]["data_dir"]),
-                                                     feature_dir=None, train=False)
+                                                     feature_dir=None, training=False)
 
 
 def collate_one(dataset: Any, index: int) -> dict[str, Any]:

@@ -55,8 +55,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(easy_cohort, tmp
     resumed = run_training("attention-path_clin", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "cut",
                            overrides=overrides, resume=True, on_epoch_end=lambda e, _r: seen.append(e), **QUIET)
     assert seen == [1]  # only the remaining epoch ran
-    assert resumed["history"] == full["history"]  # same seed -> same numbers, interrupted or not
-    assert resumed["test"] == full["test"]
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN-safe equality
+    assert same(resumed["history"], full["history"])  # same seed -> same numbers, interrupted or not
+    assert same(resumed["test"], full["test"])
 
 
 def test_unknown_entry_is_a_clear_error(easy_cohort):

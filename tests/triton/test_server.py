@@ -191,10 +191,15 @@ def test_server_listens_on_loopback_only(server):
         assert ip.is_loopback, f"tritonserver listens on {addr.ip}:{addr.port}"
 
 
-def test_client_cli_prints_probabilities(server, repository, patient, capsys):
+@pytest.mark.parametrize("values, expected", [
+    ("[52, 2.1]", "must be a JSON object"),
+    ('{"age": 52', "not valid JSON"),
+    ('{"age": "fifty"}', "'age'"),
+])
+def test_client_cli_rejects_bad_clinical_values(server, repository, capsys, values, expected):
     code = client_main(["predict", "--url", server.grpc_url, "--repository", str(repository), "--model", ENTRY,
-                        "--clinical-json", "[1, 2, 3, 4]"])
-    assert code == 2 and "no clinical preprocessor" in capsys.readouterr().err
+                        "--clinical-json", values])
+    assert code == 2 and expected in capsys.readouterr().err
 
 
 def test_dead_server_gives_a_clear_error(repository):

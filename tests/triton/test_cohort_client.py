@@ -1,0 +1,87 @@
+"""The client end to end on real cohort files (SVS via OpenSlide, raw NIfTI, clinical CSV), served by Triton,
+against in-process PyTorch fed the same patients through zoo.data's dataset."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from triton_repo.client import SlideClient
+from zoo.data import BreastCancerMultiModalDataset, collate_multimodal
+
+from conftest import ENTRY, TOL
+from served_models import entry_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_cohort):
+    """Every patch of every tiled slide (no sampling), MRI from the cohort's mri_processed, clinical encoded."""
+    return BreastCancerMultiModalDataset.from_config(entry_config(ENTRY), split="train", data_dir=tiny_cohort,
+                                                     max_patches=None)
+
+
+def _patient(dataset, with_mri: bool) -> tuple[str, dict]:
+    """First patient with slides, and with or without MRI, as (patient_id, collated batch of one)."""
+    for index, pid in enumerate(dataset.patient_ids):
+        item = dataset[index]
+        present = dict(zip(("pathology", "mri", "clinical"), item["presence"].tolist()))
+        if present["pathology"] and present["mri"] == with_mri:
+            return pid, collate_multimodal([item])
+    pytest.fail(f"no train patient with slides and mri={with_mri} in {dataset.data_dir}")
+
+
+def _assert_slides_match(slide_ids, coords, batch):
+    assert list(slide_ids) == batch["slide_ids"][0]
+    np.testing.assert_array_equal(coords, batch["pathology_coords"][0].numpy())
+
+
+def test_slide_client_on_real_files_equals_pytorch(server, repository, references, dataset, tiny_cohort, tmp_path):
+    pid, batch = _patient(dataset, with_mri=True)
+    row = dataset.table[dataset.table["patient_id"] == pid].iloc[0].to_dict()
+    slides = sorted((tiny_cohort / "wsi_raw").glob(f"{pid}-*.svs"))
+    with SlideClient(server.grpc_url, ENTRY, repository, chunk_size=16, tiling_dir=tmp_path / "tiles") as client:
+        pred = client.predict(slides=slides, mri=tiny_cohort / "mri_raw" / pid / "T1.nii.gz", clinical=row)
+    ref = references[ENTRY].run(batch)
+    np.testing.assert_allclose(pred.probabilities, ref.probabilities, atol=TOL)
+    np.testing.assert_allclose(pred.fusion_attention, ref.fusion_attention, atol=TOL)
+    np.testing.assert_allclose(pred.patch_attention, ref.patch_attention, atol=TOL)
+    assert pred.presence.all()
+    _assert_slides_match(pred.slide_ids, pred.coords, batch)
+
+
+def test_client_cli_on_a_patient_without_mri(server, repository, references, dataset, tiny_cohort, tmp_path):
+    pid, batch = _patient(dataset, with_mri=False)
+    heatmap = tmp_path / "attention.png"
+    # The default tiling cache ($XDG_CACHE_HOME) is used, inside this test's directory.
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "triton_repo.client", "predict", "--patient-id", pid, "--data-dir", str(tiny_cohort),
+         "--url", server.grpc_url, "--repository", str(repository), "--model", ENTRY, "--heatmap", str(heatmap),
+         "--top-k", "1000", "--chunk-size", "8"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    ref = references[ENTRY].run(batch)
+    np.testing.assert_allclose(list(result["probabilities"].values()), ref.probabilities, atol=TOL)
+    np.testing.assert_allclose(list(result["fusion_attention"].values()), ref.fusion_attention, atol=TOL)
+    assert result["presence"] == {"pathology": True, "mri": False, "clinical": True}
+    assert result["fusion_attention"]["mri"] == pytest.approx(0.0, abs=1e-6)
+    # Every patch comes back in the top list (top-k above N): its attention, slide and level-0 position.
+    top = result["top_patches"]
+    assert result["num_patches"] == len(top) == len(ref.patch_attention)
+    index = {(p["slide_id"], p["x"], p["y"]): p["attention"] for p in top}
+    coords = batch["pathology_coords"][0].numpy()
+    served = [index[(batch["slide_ids"][0][s], x, y)] for s, x, y in coords]
+    np.testing.assert_allclose(served, ref.patch_attention, atol=TOL)
+    assert list((tmp_path / "cache").rglob("*.h5")), "the client's tilings were not cached"
+    with Image.open(heatmap) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+        assert np.asarray(image.convert("L")).std() > 0  # drawn, not blank
