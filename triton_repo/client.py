@@ -136,7 +136,7 @@ class SlideClient:
         slide_ids: tuple[str, ...] = ()
         coords = None
         if self.has_pathology:
-            all_bags = list(bags) + self._tile_slides(slides)
+            all_bags = list(bags) + self.tile_slides(slides)
             if all_bags:
                 features, coords, slide_ids = self.encode_slides(all_bags)
                 if len(features):
@@ -159,7 +159,7 @@ class SlideClient:
             presence=presence[0], patch_attention=patch_attention,
             coords=coords if PATHOLOGY in items else None, slide_ids=slide_ids)
 
-    def _tile_slides(self, slides: Sequence[str | Path]) -> list[inp.SlideBag]:
+    def tile_slides(self, slides: Sequence[str | Path]) -> list[inp.SlideBag]:
         """Bags of the slides that tile; one without tissue is skipped with a warning, like training skips it."""
         bags = []
         for slide in slides:

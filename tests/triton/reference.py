@@ -32,12 +32,13 @@ class TorchReference:
         """Forward one patient's collated batch (B=1); absent keys are missing modalities."""
         logits, aux = self.model(batch)
         attention = aux.get(spec.AUX_PATHOLOGY_ATTENTION)
-        mask = batch.get(spec.KEY_PATHOLOGY_MASK)
-        present = attention is not None and attention.shape[-1] and (mask is None or bool(mask.any()))
+        if attention is not None:  # keep the real patches' attention; none at all when pathology is missing
+            mask = batch.get(spec.KEY_PATHOLOGY_MASK)
+            attention = attention[0] if mask is None else attention[0][mask[0]]
         return Reference(
             probabilities=torch.softmax(logits, -1)[0].numpy(),
             fusion_attention=aux[spec.AUX_FUSION_ATTENTION][0].numpy(),
-            patch_attention=(attention[0] if mask is None else attention[0][mask[0]]).numpy() if present else None)
+            patch_attention=attention.numpy() if attention is not None and len(attention) else None)
 
     def predict(self, patches: np.ndarray | None = None, mri: np.ndarray | None = None,
                 clinical: np.ndarray | None = None) -> Reference:

@@ -2,6 +2,7 @@
 against in-process PyTorch fed the same patients through zoo.data's dataset."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from triton_repo.client import SlideClient
+from triton_repo.client import SlideClient, resolve_manifest
 from zoo.data import BreastCancerMultiModalDataset, collate_multimodal
 
 from conftest import ENTRY, TOL
@@ -85,3 +86,35 @@ def test_client_cli_on_a_patient_without_mri(server, repository, references, dat
     with Image.open(heatmap) as image:
         assert image.format == "PNG" and image.width > 100 and image.height > 100
         assert np.asarray(image.convert("L")).std() > 0  # drawn, not blank
+
+
+def test_tiling_cache_tells_slides_with_the_same_id_apart(server, repository, tiny_cohort, tmp_path):
+    """Every cohort has a P-0.svs: two different slide files with one name must not share cached coordinates."""
+    from zoo.data.tile import load_coords
+    tiles = sorted((tiny_cohort / "wsi_patches" / "ps64_l0_t0.5").glob("*.h5"))
+    first, second = tiles[0], next(t for t in tiles[1:] if len(load_coords(t)[0]) != len(load_coords(tiles[0])[0]))
+    with SlideClient(server.grpc_url, ENTRY, repository, tiling_dir=tmp_path / "tiles") as client:
+        for tiling, folder in ((first, "a"), (second, "b")):
+            copy = tmp_path / folder / "P-0.svs"
+            copy.parent.mkdir()
+            copy.write_bytes((tiny_cohort / "wsi_raw" / f"{tiling.stem}.svs").read_bytes())
+            bag, = client.tile_slides([copy])
+            np.testing.assert_array_equal(bag.coords, load_coords(tiling)[0])
+
+
+def test_a_slide_without_usable_tissue_is_skipped_not_fatal(server, repository, tiny_cohort, tmp_path, capsys):
+    """At 256 px some cohort slides have no patch over the tissue threshold: the patient's other slides count."""
+    from zoo.data.tile import load_coords
+    tiled = {p.stem for p in (tiny_cohort / "wsi_patches" / "ps256_l0_t0.5").glob("*.h5")}
+    slides = sorted((tiny_cohort / "wsi_raw").glob("*.svs"))
+    good = next(s for s in slides if s.stem in tiled)
+    bad = next(s for s in slides if s.stem not in tiled)
+    manifest = resolve_manifest(repository, ENTRY)
+    tiling = {**manifest.preprocessing["pathology"], "patch_size": 256}
+    at_256 = dataclasses.replace(manifest, preprocessing={**manifest.preprocessing, "pathology": tiling})
+    with SlideClient(server.grpc_url, ENTRY, at_256, tiling_dir=tmp_path) as client:
+        bags = client.tile_slides([bad, good])
+    assert [b.slide_id for b in bags] == [good.stem]
+    np.testing.assert_array_equal(bags[0].coords, load_coords(tiny_cohort / "wsi_patches" / "ps256_l0_t0.5"
+                                                              / f"{good.stem}.h5")[0])
+    assert f"{bad}: tiling failed" in capsys.readouterr().err

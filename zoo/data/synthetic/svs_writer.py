@@ -1,0 +1,88 @@
+"""Aperio-style SVS writer: a tiled JPEG pyramid written tile by tile with tifffile.
+
+Level 0 streams from a tile callback and is never held in memory; each level below is 4x smaller and built
+from block means of the level above (level 1 of a 40,000 px slide is ~300 MB, the largest array held).
+OpenSlide reads the result as vendor ``aperio`` with ``openslide.mpp-x`` and ``aperio.AppMag`` because the
+first page's ImageDescription starts with ``Aperio Image Library`` and lower levels are further tiled pages.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import tifffile
+
+from ..files import atomic_output
+
+TILE = 256
+LEVEL_FACTOR = 4
+MIN_LEVEL_SIZE = 512
+
+TileFn = Callable[[int, int, int, int], np.ndarray]
+
+
+def aperio_description(width: int, height: int, mpp: float, magnification: float, quality: int, name: str) -> str:
+    return (
+        f"Aperio Image Library v12.0.15\r\n{width}x{height} [0,0 {width}x{height}] ({TILE}x{TILE}) "
+        f"JPEG/RGB Q={quality}|AppMag = {magnification:g}|MPP = {mpp:g}|Filename = {name}"
+    )
+
+
+def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Box-filter downsampling by a power of two, as repeated 2x2 means (fast on uint8)."""
+    while factor > 1:
+        h, w = image.shape[:2]
+        if h % 2 or w % 2:
+            image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        acc = image[0::2, 0::2].astype(np.uint16) + image[1::2, 0::2] + image[0::2, 1::2] + image[1::2, 1::2]
+        image = ((acc + 2) >> 2).astype(np.uint8)
+        factor //= 2
+    return image
+
+
+def write_svs(
+    path: str | os.PathLike,
+    width: int,
+    height: int,
+    render: TileFn,
+    *,
+    mpp: float = 0.5,
+    magnification: float = 20,
+    quality: int = 90,
+) -> Path:
+    """Write an OpenSlide-readable pyramid; ``render(x, y, w, h)`` returns RGB uint8 [h, w, 3] at level 0."""
+    path = Path(path)
+    n_levels = 1
+    while max(width, height) / LEVEL_FACTOR ** (n_levels - 1) > 2 * MIN_LEVEL_SIZE:
+        n_levels += 1
+    level1 = None
+    if n_levels > 1:
+        level1 = np.zeros((-(-height // LEVEL_FACTOR), -(-width // LEVEL_FACTOR), 3), np.uint8)
+
+    def level0_tiles() -> Iterator[np.ndarray]:
+        for y in range(0, height, TILE):
+            for x in range(0, width, TILE):
+                tile = render(x, y, TILE, TILE)
+                if level1 is not None:
+                    small = _downsample(tile, LEVEL_FACTOR)
+                    ly, lx = y // LEVEL_FACTOR, x // LEVEL_FACTOR
+                    region = level1[ly : ly + small.shape[0], lx : lx + small.shape[1]]
+                    region[...] = small[: region.shape[0], : region.shape[1]]
+                yield tile
+
+    common = dict(tile=(TILE, TILE), photometric="rgb", compression="jpeg", compressionargs={"level": quality},
+                  metadata=None)
+    bigtiff = width * height * 3 > 2**31
+    with atomic_output(path) as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
+            tif.write(level0_tiles(), shape=(height, width, 3), dtype=np.uint8,
+                      description=aperio_description(width, height, mpp, magnification, quality, path.stem), **common)
+            level = level1
+            for i in range(1, n_levels):
+                if i > 1:
+                    level = _downsample(level, LEVEL_FACTOR)
+                tif.write(level, description=f"Aperio Image Library v12.0.15\r\n{width}x{height} -> "
+                          f"{level.shape[1]}x{level.shape[0]} - |AppMag = {magnification:g}|MPP = {mpp:g}", **common)
+    return path
