@@ -35,8 +35,8 @@ def entry_config(name: str) -> dict:
 def write_checkpoint(name: str, path: Path, cohort: Path, seed: int = 0) -> Path:
     """A freshly initialised tiny-recipe model of `name`, saved like zoo.trainer saves best.pt.
 
-    BatchNorm statistics are randomised so eval-mode graphs do not reduce to identity normalisation; the clinical
-    preprocessor is fitted on the cohort's train split, as training does.
+    BatchNorm statistics are randomised so eval-mode graphs do not reduce to identity normalisation; linear biases
+    are zero (see below); the clinical preprocessor is fitted on the cohort's train split, as training does.
     """
     entry = get_entry(name)
     config = entry_config(name)
@@ -52,6 +52,11 @@ def write_checkpoint(name: str, path: Path, cohort: Path, seed: int = 0) -> Path
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
+            elif isinstance(module, torch.nn.Linear) and module.bias is not None:
+                # With PyTorch's default random biases the untrained fusion head hardly sees the small pathology
+                # and MRI embeddings (their effect on probabilities is ~1e-4, the tolerance); zero biases make
+                # every modality move the probabilities by 1e-3..1e-2, so a wrong patch or voxel fails the tests.
+                module.bias.zero_()
     train = load_clinical_csv(cohort / "train_clinical.csv", entry.clinical_features)
     return save_checkpoint(path, {
         "entry": name, "version": entry.version, "config": config, "class_names": list(spec.CLASS_NAMES),
