@@ -102,7 +102,7 @@ def mri_tensor(mri: str | Path | Sequence[str | Path] | np.ndarray, manifest: Ex
     params = dict(manifest.preprocessing.get("mri") or {})
     kwargs = {k: params[k] for k in ("target_spacing", "output_shape") if k in params}
     volumes = [np.asarray(mri_data.preprocess_volume(p, **kwargs).dataobj, dtype=np.float32) for p in paths]
-    return _check(np.stack(volumes)[:, ::-1] * 1.0, tensor, f"preprocessed MRI {', '.join(map(str, paths))}", batched=False)
+    return _check(np.stack(volumes), tensor, f"preprocessed MRI {', '.join(map(str, paths))}", batched=False)
 
 
 def clinical_tensor(clinical: Mapping[str, Any] | np.ndarray, manifest: ExportManifest,
