@@ -1,7 +1,8 @@
 """A read-only view of an export manifest, in the terms the Triton layer needs.
 
-The manifest is written by `export`; when `export.manifest.load_manifest` is importable it is used to read
-(and validate) the file, otherwise the JSON is read directly. Tensor names always come from the manifest.
+The manifest is written by `export`. Building a repository (verify_files=True) reads it with the exporter's own
+validator `export.manifest.load_manifest` when importable; clients read the repository's copy, checked at build
+time, as plain JSON (no torch import). Tensor names always come from the manifest.
 """
 from __future__ import annotations
 
