@@ -1,18 +1,14 @@
 """Shared fixtures for export tests: tiny checkpoints in the trainer's format, one per registry entry."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from export.parts import ParitySizes  # noqa: E402
-from zoo import spec  # noqa: E402
+from export.parts import ParitySizes
+from zoo import spec
 
 # Smaller MRI volumes than the tiny recipe keep the 24-entry parametrisation inside the test budget.
 TEST_OVERRIDES = ("data.modalities.mri.output_shape=[8,8,4]",)

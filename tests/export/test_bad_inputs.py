@@ -56,7 +56,7 @@ def test_checkpoint_of_another_version(tiny_checkpoint):
 
 
 def test_checkpoint_older_than_registry(tmp_path):
-    from conftest import write_tiny_checkpoint
+    from tests.export.conftest import write_tiny_checkpoint
 
     path = write_tiny_checkpoint(ENTRY, tmp_path / "best.pt", version="0.1")
     with pytest.raises(SourceError, match=r"version '0\.1'.*registry.*retrain"):
@@ -108,7 +108,7 @@ def test_tampered_or_missing_files_are_detected(tiny_checkpoint, sizes, tmp_path
 
 def test_parity_detects_a_different_model(tiny_checkpoint, sizes, tmp_path):
     """Graphs compared with a model of other weights must fail, and a failing export is refused downstream."""
-    from conftest import write_tiny_checkpoint
+    from tests.export.conftest import write_tiny_checkpoint
 
     result = export_checkpoint(Target(tiny_checkpoint(ENTRY), ENTRY), LEGACY, tmp_path, sizes=sizes, progress=False)
     other = load_source(Target(write_tiny_checkpoint(ENTRY, tmp_path / "other.pt", seed=1)))

@@ -14,7 +14,7 @@ def test_parity_on_real_patients(tiny_checkpoint, sizes, tmp_path):
     from zoo.data.prepare import ensure_cohort
     from zoo.data.synthetic import generate_cohort
     from zoo.registry import get_entry
-    from conftest import TEST_OVERRIDES
+    from tests.export.conftest import TEST_OVERRIDES
 
     cohort = tmp_path / "cohort"
     generate_cohort(cohort, num_samples=8, seed=1, slide_size=256, workers=1, progress=False, mri_shape=(24, 24, 8))

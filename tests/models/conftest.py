@@ -1,19 +1,15 @@
 """Synthetic batches for model tests (random uint8 patches, volumes, clinical vectors)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 # The project is not installed as a package: make the repository root importable.
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from zoo import spec  # noqa: E402
+from zoo import spec
 
 torch.set_num_threads(2)
 

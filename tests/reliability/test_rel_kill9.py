@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from faultkit import hidden_leftovers, kill_when, mtimes, run
+from tests.reliability.faultkit import hidden_leftovers, kill_when, mtimes, run
 from zoo import spec
 
 PY = sys.executable

@@ -2,7 +2,6 @@
 and finishes once the server is back; oversized requests are refused and the server stays healthy."""
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 
@@ -21,11 +20,11 @@ from export.parts import ParitySizes
 from export.pipeline import export_checkpoint
 from export.source import Target
 from triton_repo import manifest as mf
-from triton_repo.build import build_repository  # noqa: E402
-from triton_repo.client import SlideClient  # noqa: E402
-from triton_repo.connection import ClientError  # noqa: E402
-from triton_repo.plan import BuildOptions, part_model_name  # noqa: E402
-from triton_repo.server import TritonServer, free_port  # noqa: E402
+from triton_repo.build import build_repository
+from triton_repo.client import SlideClient
+from triton_repo.connection import ClientError
+from triton_repo.plan import BuildOptions, part_model_name
+from triton_repo.server import TritonServer, free_port
 
 ENTRY = "pathology_only"
 MAX_BATCH = 32

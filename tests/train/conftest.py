@@ -1,15 +1,10 @@
-"""The project is not installed as a package: make the repository root importable for these tests."""
+"""Training-test fixtures: an easy cohort and two torch threads."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # Strong class signal in every modality so a 2-core, few-epoch tiny run must beat chance.
 EASY_SIGNALS = dict(pathology=4.0, mri=4.0, clinical=4.0)

@@ -2,23 +2,18 @@
 the real Triton server on it, and the in-process PyTorch models the served results are compared with."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-# The project is not installed as a package: make the repository root and this directory importable.
-for path in (Path(__file__).resolve().parents[2], Path(__file__).resolve().parent):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
-from reference import TorchReference  # noqa: E402
-from served_models import export_entry, write_checkpoint  # noqa: E402
+from tests.triton.reference import TorchReference
+from tests.triton.served_models import export_entry, write_checkpoint
 
-from triton_repo import manifest as mf  # noqa: E402
-from triton_repo.build import build_repository  # noqa: E402
-from triton_repo.plan import BuildOptions  # noqa: E402
-from triton_repo.server import TritonServer, free_port  # noqa: E402
+from triton_repo import manifest as mf
+from triton_repo.build import build_repository
+from triton_repo.plan import BuildOptions
+from triton_repo.server import TritonServer, free_port
 
 ENTRY = "attention"               # all three modalities
 SECOND_ENTRY = "gated-path_clin"  # a second entry side by side: another fusion, without MRI

@@ -12,7 +12,7 @@ from triton_repo import manifest as mf
 from triton_repo.build import BuildError, build_repository, main as build_main
 from triton_repo.plan import BuildOptions, model_configs, part_model_name, slide_ensemble_name
 
-from conftest import ENTRY, MAX_PATCH_BATCH
+from tests.triton.conftest import ENTRY, MAX_PATCH_BATCH
 
 
 def _onnx_dims(path, name, kind):

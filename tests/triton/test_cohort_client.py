@@ -16,8 +16,8 @@ from PIL import Image
 from triton_repo.client import SlideClient, resolve_manifest
 from zoo.data import BreastCancerMultiModalDataset, collate_multimodal
 
-from conftest import ENTRY, TOL
-from served_models import entry_config
+from tests.triton.conftest import ENTRY, TOL
+from tests.triton.served_models import entry_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from triton_repo.connection import ClientError
 from triton_repo.plan import ensemble_io, part_model_name
 from triton_repo.server import TritonServer, TritonServerError, free_port
 
-from conftest import ENTRY, MAX_PATCH_BATCH, SECOND_ENTRY, TOL
+from tests.triton.conftest import ENTRY, MAX_PATCH_BATCH, SECOND_ENTRY, TOL
 
 
 @pytest.fixture(scope="module")
