@@ -5,7 +5,7 @@ to _EXPORTS (public name -> module that defines it).
 """
 from __future__ import annotations
 
-import importlib
+from zoo.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     # models
@@ -26,16 +26,4 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'zoo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

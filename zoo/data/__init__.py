@@ -4,25 +4,19 @@ Heavy submodules (torch, OpenSlide) load on first use, so ``python -m zoo.data.s
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from zoo.lazy import lazy_exports
 
-_EXPORTS = {
-    "BreastCancerMultiModalDataset": "dataset",
-    "collate_multimodal": "dataset",
-    "ClinicalPreprocessor": "clinical",
-    "load_clinical_csv": "clinical",
-    "ensure_cohort": "prepare",
-    "tiling_dir": "prepare",
-    "build_augmentation": "augment",
-    "generate_cohort": "synthetic",
-    "QUICKSTART": "synthetic",
+_EXPORTS: dict[str, str] = {
+    "BreastCancerMultiModalDataset": "zoo.data.dataset",
+    "collate_multimodal": "zoo.data.dataset",
+    "ClinicalPreprocessor": "zoo.data.clinical",
+    "load_clinical_csv": "zoo.data.clinical",
+    "ensure_cohort": "zoo.data.prepare",
+    "tiling_dir": "zoo.data.prepare",
+    "build_augmentation": "zoo.data.augment",
+    "generate_cohort": "zoo.data.synthetic",
+    "QUICKSTART": "zoo.data.synthetic",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'zoo.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

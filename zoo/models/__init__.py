@@ -4,9 +4,9 @@ Imported lazily so that `zoo.models._lookup` and friends stay cheap to import.
 """
 from __future__ import annotations
 
-import importlib
+from zoo.lazy import lazy_exports
 
-_EXPORTS = {
+_EXPORTS: dict[str, str] = {
     "MultiModalModelBuilder": "zoo.models.builder",
     "build_model_from_config": "zoo.models.builder",
     "MultiModalModel": "zoo.models.multimodal",
@@ -16,9 +16,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'zoo.models' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
