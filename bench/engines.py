@@ -211,20 +211,10 @@ class TritonEngine:
 
     def aggregate(self, features: np.ndarray, clinical: np.ndarray) -> SlidePrediction:
         """MIL + fusion only: one request to the `<entry>_slide` ensemble (features in, probabilities out)."""
-        import tritonclient.grpc as grpcclient
-
         io = self.client.io
         given = {"pathology": features, "clinical": clinical[None]}
-        arrays = [(io.modality_inputs[m], given[m]) for m in self.client.manifest.modalities]
-        arrays.append((io.presence, np.ones((1, len(self.client.manifest.modalities)), bool)))
-        request = []
-        for tensor, array in arrays:
-            array = np.ascontiguousarray(array, dtype=tensor.dtype)
-            item = grpcclient.InferInput(tensor.name, list(array.shape), grpcclient.np_to_triton_dtype(array.dtype))
-            item.set_data_from_numpy(array)
-            request.append(item)
-        wanted = [grpcclient.InferRequestedOutput(t.name) for t in (io.probabilities, io.patch_attention)]
-        result = self.client.client.infer(io.name, request, outputs=wanted)
+        presence = np.ones((1, len(self.client.manifest.modalities)), bool)
+        result = self.client.infer_slide(given, presence)
         return SlidePrediction(result.as_numpy(io.probabilities.name)[0], result.as_numpy(io.patch_attention.name))
 
     def predict(self, bag: tinputs.SlideBag, clinical: np.ndarray) -> SlidePrediction:

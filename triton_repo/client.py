@@ -151,7 +151,7 @@ class SlideClient:
             raise ClientError("no modality given: pass slides, an MRI and/or clinical values")
         presence = np.array([[mod in items for mod in m.modalities]])
         arrays = {mod: items.get(mod, placeholder(self.io.modality_inputs[mod])) for mod in m.modalities}
-        result = self._infer_ensemble(arrays, presence)
+        result = self.infer_slide(arrays, presence)
         patch_attention = result.as_numpy(self.io.patch_attention.name) if PATHOLOGY in items else None
         return Prediction(
             probabilities=result.as_numpy(self.io.probabilities.name)[0], class_names=m.class_names,
@@ -175,7 +175,9 @@ class SlideClient:
                               f"{list(self.manifest.modalities)})")
         return self.io.modality_inputs[modality]
 
-    def _infer_ensemble(self, arrays: Mapping[str, np.ndarray], presence: np.ndarray):
+    def infer_slide(self, arrays: Mapping[str, np.ndarray], presence: np.ndarray):
+        """One request to the slide ensemble: `arrays` maps each of the entry's modalities to its input
+        (pathology = patch features [N,D]), `presence` is [1,M] bool; returns the Triton InferResult."""
         tensors = [(self.io.modality_inputs[mod], arrays[mod]) for mod in self.manifest.modalities]
         tensors.append((self.io.presence, presence))
         infer_inputs = []
