@@ -140,13 +140,15 @@ def eager_engine(bm: BenchModel, autocast: torch.dtype | None = None, channels_l
     return InProcessEngine(name, runners, bm.geometry.modalities)
 
 
-def file_engine(bm: BenchModel, fmt, name: str, providers: list[str] | None = None) -> InProcessEngine:
-    """Runners over the exported files of `fmt` (onnxruntime CPU provider / TorchScript) via export.formats."""
+def file_engine(bm: BenchModel, fmt, name: str, providers: list[str] | None = None,
+                export: str | None = None) -> InProcessEngine:
+    """Runners over the exported files of `fmt` (onnxruntime CPU provider / TorchScript) via export.formats;
+    `export` picks another export of that format (default: the fp32 one, keyed by the format name)."""
     import json
 
     from export.manifest import MANIFEST_NAME
 
-    directory = bm.exports[fmt.name]
+    directory = bm.exports[export or fmt.name]
     manifest = json.loads((directory / MANIFEST_NAME).read_text())
     runners = {}
     for part_cls in _parts(bm):
@@ -182,6 +184,9 @@ IN_PROCESS_ENGINES: dict[str, EngineSpec] = {
     "pytorch_eager_fp32": EngineSpec(lambda bm: eager_engine(bm)),
     "torchscript": EngineSpec(lambda bm: file_engine(bm, TorchScriptFormat(), "torchscript")),
     "onnxruntime_cpu": EngineSpec(lambda bm: file_engine(bm, OnnxFormat(), "onnxruntime_cpu")),
+    # the int8 export (patch encoder quantized, calibrated on a slide that is never timed; other parts fp32)
+    "onnxruntime_cpu_int8": EngineSpec(
+        lambda bm: file_engine(bm, OnnxFormat(), "onnxruntime_cpu_int8", export="onnx_int8")),
     "pytorch_bf16_channels_last": EngineSpec(
         lambda bm: eager_engine(bm, torch.bfloat16, True, name="pytorch_bf16_channels_last"), needs_cuda=True),
     "pytorch_fp16_channels_last": EngineSpec(

@@ -51,8 +51,12 @@ def parse_args(fmt_name: str, argv: Sequence[str] | None) -> argparse.Namespace:
         parser.add_argument("--exporter", choices=ONNX_EXPORTERS, default="dynamo",
                             help="dynamo: torch.export-based (default; falls back to legacy per part on failure); "
                                  "legacy: the TorchScript-based dynamo=False exporter (much faster)")
-        parser.add_argument("--fp16", action="store_true",
-                            help="fp16 weights and compute (inputs/outputs stay float32); parity tolerance 1e-2")
+        precision = parser.add_mutually_exclusive_group()
+        precision.add_argument("--fp16", action="store_true",
+                               help="fp16 weights and compute (inputs/outputs stay float32); parity tolerance 1e-2")
+        precision.add_argument("--int8", action="store_true",
+                               help="int8 patch encoder (static quantization calibrated on --data-dir's train-split "
+                                    "tissue patches; other parts fp32); parity tolerance 1e-1 on it")
     parser.add_argument("--data-dir", type=Path, default=None, help="also check parity on real cohort patients")
     parser.add_argument("--max-patients", type=int, default=2, help="real patients per parity run (default 2)")
     parser.add_argument("--parity-patches", type=sizes_arg, default=defaults.patches,
@@ -77,7 +81,7 @@ def main(fmt_name: str, argv: Sequence[str] | None = None) -> int:
     fmt = FORMATS[fmt_name]
     if hasattr(args, "exporter"):
         fmt = dataclasses.replace(fmt, exporter=args.exporter)
-    precision = "fp16" if getattr(args, "fp16", False) else "fp32"
+    precision = "fp16" if getattr(args, "fp16", False) else "int8" if getattr(args, "int8", False) else "fp32"
     failures: list[str] = []
     parity_failures: list[str] = []
     for target in tqdm(targets, desc=f"export ({fmt_name})", unit="entry", disable=args.no_progress or len(targets) < 2):

@@ -64,7 +64,7 @@ class OnnxFormat:
     name: str = "onnx"
     suffix: str = ".onnx"
     default_output_dir: str = "exports"
-    precisions: tuple[str, ...] = ("fp32", "fp16")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")  # int8: the patch encoder only (export.quantize)
     exporter: str = "dynamo"  # "dynamo" (torch.export, falls back to legacy on failure) or "legacy" (dynamo=False)
 
     def __post_init__(self) -> None:
@@ -116,7 +116,7 @@ class OnnxFormat:
             )
 
     def set_precision(self, path: Path, precision: str) -> None:
-        if precision == "fp32":
+        if precision in ("fp32", "int8"):  # int8 needs calibration data: the pipeline quantizes with it
             return
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16

@@ -19,7 +19,7 @@ from zoo import spec
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 FORMATS = ("onnx", "torchscript")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 REQUIRED_KEYS = ("schema_version", "format", "entry", "version", "modalities", "class_names", "precision",
                  "parts", "preprocessing", "source_checkpoint", "parity")
 
@@ -61,7 +61,7 @@ def preprocessing_constants(config: Mapping[str, Any], recorded: Mapping[str, An
 def build_manifest(*, fmt: str, entry: Any, version: str, class_names: list[str], geometry: Geometry,
                    parts: dict[str, dict[str, Any]], preprocessing: dict[str, Any], checkpoint: Path,
                    checkpoint_sha256: str, opset: int | None, precision: str, parity: dict[str, Any],
-                   tolerance: float) -> dict[str, Any]:
+                   tolerance: float, quantization: dict[str, Any] | None = None) -> dict[str, Any]:
     import onnx
     import onnxruntime
     import torch
@@ -76,6 +76,7 @@ def build_manifest(*, fmt: str, entry: Any, version: str, class_names: list[str]
         "class_names": list(class_names),
         "num_classes": geometry.num_classes,
         "precision": precision,
+        **({"quantization": quantization} if quantization else {}),
         "opset": opset,
         "dynamic_axes": {"num_patches": "patches of one slide (bag size), >= 1", "batch": "patients, >= 1"},
         "parts": parts,

@@ -17,7 +17,8 @@ from export.formats import ExportError, ExportFormat
 from export.geometry import probe_geometry
 from export.manifest import build_manifest, part_record, preprocessing_constants, write_manifest
 from export.parity import ParityReport, check_parity, real_cases
-from export.parts import ParitySizes, parts_for
+from export.parts import ParitySizes, PatchEncoderPart, parts_for
+from export.quantize import QUANTIZED_PARTS, calibration_patches_from_cohort, quantize_int8
 from export.source import Target, load_source, sha256_file
 from zoo import spec
 from zoo.atomic import remove_orphaned_temps, temp_prefix
@@ -61,11 +62,24 @@ def commit_directory(staging: Path, target_dir: Path, overwrite: bool) -> None:
 def export_checkpoint(target: Target, fmt: ExportFormat, output_dir: Path, *, opset: int = DEFAULT_OPSET,
                       precision: str = "fp32", overwrite: bool = False, version: str | None = None,
                       sizes: ParitySizes = ParitySizes(), data_dir: Path | None = None, max_patients: int = 2,
-                      progress: bool = True) -> ExportResult:
-    """Export `target` into `output_dir/<entry>`; returns the parity result (the export is kept either way)."""
+                      progress: bool = True, calibration=None) -> ExportResult:
+    """Export `target` into `output_dir/<entry>`; returns the parity result (the export is kept either way).
+
+    precision="int8" quantizes the patch encoder with `calibration` (uint8 patches [N,3,P,P]) or, when that is
+    None, with tissue patches of `data_dir`'s train split.
+    """
     if precision not in fmt.precisions:
         raise ExportError(f"{fmt.name} export supports precision {list(fmt.precisions)}, not {precision!r}")
     source = load_source(target, version)
+    quantization = None
+    if precision == "int8":
+        if calibration is None and data_dir is None:
+            raise ExportError("int8 export needs calibration patches: pass --data-dir with a tiled cohort "
+                              "(its train split's tissue patches calibrate the activation ranges)")
+        if spec.KEY_PATHOLOGY not in source.entry.modalities:
+            raise ExportError(f"{source.name} has no patch encoder; int8 quantizes only {list(QUANTIZED_PARTS)}")
+        if calibration is None:
+            calibration = calibration_patches_from_cohort(data_dir, source.config)
     target_dir = output_dir / source.name
     refuse_existing(target_dir, overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +98,9 @@ def export_checkpoint(target: Target, fmt: ExportFormat, output_dir: Path, *, op
                 with torch.no_grad():
                     info = fmt.export(module, part_cls.example_inputs(geometry), signature, path, opset)
                 fmt.set_precision(path, precision)
+                if precision == "int8" and part_cls is PatchEncoderPart:
+                    quantization = {"parts": list(QUANTIZED_PARTS),
+                                    **quantize_int8(path, calibration, signature.input_names[0])}
                 fmt.verify(path, signature)
             except ExportError:
                 raise
@@ -104,7 +121,7 @@ def export_checkpoint(target: Target, fmt: ExportFormat, output_dir: Path, *, op
             preprocessing=preprocessing_constants(config, source.payload.get("preprocessing"), geometry.modalities),
             checkpoint=source.checkpoint, checkpoint_sha256=source.checkpoint_sha256,
             opset=opset if fmt.name == "onnx" else None, precision=precision, parity=report.summary(),
-            tolerance=report.tolerance,
+            tolerance=report.tolerance, quantization=quantization,
         )
         write_manifest(staging, manifest)
         commit_directory(staging, target_dir, overwrite)

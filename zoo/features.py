@@ -212,6 +212,25 @@ def _merge_reports(report: CacheReport) -> CacheReport:
     return merged
 
 
+def feature_statistics(paths: Iterable[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-dimension (mean, std, number of patches) over every patch of the cached slides in `paths`."""
+    total, total_sq, n = None, None, 0
+    for path in paths:
+        with h5py.File(path, "r") as fh:
+            features = np.asarray(fh["features"], dtype=np.float64)
+        if features.size == 0:
+            continue
+        total = features.sum(0) if total is None else total + features.sum(0)
+        total_sq = (features**2).sum(0) if total_sq is None else total_sq + (features**2).sum(0)
+        n += len(features)
+    if n == 0:
+        raise ValueError("no cached patch features to fit the standardisation on (no slide of the training split "
+                         "has a tissue patch)")
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32), n
+
+
 def load_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(features [N,D] float32, coords [N,2] int64) of one cached slide."""
     with h5py.File(path, "r") as fh:

@@ -22,7 +22,7 @@ FAMILY_DIR = CONFIG_DIR / "families"
 RECIPE_DIR = CONFIG_DIR / "recipes"
 RECIPES: tuple[str, ...] = ("gpu", "cpu", "tiny")
 FUSION_STRATEGIES: tuple[str, ...] = ("concatenate", "gated", "attention", "cross_attention", "bilinear")
-ZOO_VERSION = "1.0"
+ZOO_VERSION = "1.1"  # 1.1: MIL input standardisation buffers
 
 # name suffix -> modality subset (multimodal); "" = all three
 MULTIMODAL_SUBSETS: dict[str, tuple[str, ...]] = {

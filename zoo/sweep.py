@@ -22,7 +22,7 @@ import pandas as pd
 
 from zoo.atomic import atomic_write_text
 from zoo.plots import bar_chart
-from zoo.spec import MODALITIES
+from zoo.spec import CLINICAL_FEATURES, MODALITIES
 
 SHORT_MODALITY = {"pathology": "path", "mri": "mri", "clinical": "clin"}
 RUN_COLUMNS = ["entry", "seed", "modalities", "fusion", "status", "val_f1", "val_auc", "test_f1", "test_auc",
@@ -33,14 +33,19 @@ def sweep_name(patterns: Sequence[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "+".join(patterns)).strip("_.") or "sweep"
 
 
-def modality_label(modalities: Sequence[str]) -> str:
-    return "+".join(SHORT_MODALITY[m] for m in MODALITIES if m in modalities)
+def modality_label(modalities: Sequence[str], clinical_features: Sequence[str] = CLINICAL_FEATURES) -> str:
+    """'path+mri+clin'; clinical without receptor status reads 'clin-norec' (the label-leakage control)."""
+    short = dict(SHORT_MODALITY)
+    if set(clinical_features) != set(CLINICAL_FEATURES):
+        short["clinical"] = "clin-norec"
+    return "+".join(short[m] for m in MODALITIES if m in modalities)
 
 
 def run_row(entry: Any, seed: int, result: dict[str, Any] | None, error: str = "") -> dict[str, Any]:
     test = (result or {}).get("test", {})
     return {
-        "entry": entry.name, "seed": seed, "modalities": modality_label(entry.modalities),
+        "entry": entry.name, "seed": seed,
+        "modalities": modality_label(entry.modalities, getattr(entry, "clinical_features", CLINICAL_FEATURES)),
         "fusion": getattr(entry, "fusion", None) or "none",
         "status": "ok" if result is not None else "failed",
         "val_f1": (result or {}).get("best_val_f1", np.nan), "val_auc": (result or {}).get("best_val_auc", np.nan),
@@ -93,7 +98,7 @@ def write_charts(table: pd.DataFrame, out_dir: Path) -> list[Path]:
                                  title="Fusion strategies (all modalities)"))
     if not table.empty:
         order = table.assign(n=table["modalities"].str.count(r"\+")).sort_values(["n", "modalities", "fusion"], kind="stable")
-        labels = [m if f == "none" else f"{m}\n({f})" for m, f in zip(order["modalities"], order["fusion"])]
+        labels = [m if f in ("none", "identity") else f"{m}\n({f})" for m, f in zip(order["modalities"], order["fusion"])]
         written.append(bar_chart(labels, order["test_f1_mean"].tolist(), out_dir / "modality_ablation.png",
                                  errors=order["test_f1_std"].tolist(), ylabel="test F1 (macro)",
                                  title="Modality ablation"))

@@ -162,6 +162,20 @@ def prepare_feature_cache(config: Mapping[str, Any], model: torch.nn.Module, dev
     return report.directory
 
 
+def fit_feature_standardization(config: Mapping[str, Any], model: torch.nn.Module, train_dataset: Any,
+                                log: Callable[[str], None]) -> dict[str, Any] | None:
+    """z-score the MIL input with the training split's cached features (never val/test: no leakage)."""
+    if not (train_dataset.feature_dir is not None and config["training"].get("feature_standardization")):
+        return None
+    from zoo.features import feature_statistics
+
+    mean, std, n = feature_statistics(train_dataset.feature_paths())
+    model.mil.set_input_standardization(mean, std)
+    log(f"patch features standardised with train-split statistics ({n:,} patches; per-dimension mean "
+        f"{float(mean.min()):.3g}..{float(mean.max()):.3g}, std {float(std.min()):.3g}..{float(std.max()):.3g})")
+    return {"fitted_on": "train", "num_patches": n}
+
+
 def preprocessing_record(config: Mapping[str, Any], train_dataset: Any) -> dict[str, Any]:
     mri = config["data"]["modalities"]["mri"]
     clinical = getattr(train_dataset, "clinical_preprocessor", None)
@@ -229,6 +243,7 @@ def run_training(
     feature_dir = prepare_feature_cache(config, model, device, progress, log)
     datasets = make_datasets(config, feature_dir)
     available = check_modalities_available(entry, datasets["train"])
+    standardization = fit_feature_standardization(config, model, datasets["train"], log)
     loaders = make_loaders(config, datasets, seed)
     log(f"{entry.name}: modalities {', '.join(entry.modalities)}; fusion {getattr(entry, 'fusion', '-')}; "
         f"{sum(len(d) for d in datasets.values())} patients "
@@ -237,7 +252,8 @@ def run_training(
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; device {device}")
     trainer = MultimodalTrainer(
         model, config, loaders["train"], loaders["val"], output_dir=output_dir, entry=entry,
-        test_loader=loaders["test"], device=device, preprocessing=preprocessing_record(config, datasets["train"]),
+        test_loader=loaders["test"], device=device,
+        preprocessing={**preprocessing_record(config, datasets["train"]), "feature_standardization": standardization},
         resume=resume, progress=progress, log=log, on_epoch_end=on_epoch_end)
     t0 = time.perf_counter()
     result = trainer.train()

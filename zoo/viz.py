@@ -68,11 +68,22 @@ def split_of(data_dir: Path, patient_id: str) -> str:
     raise VizError(f"patient {patient_id!r} is in none of {data_dir}/{{train,val,test}}_clinical.csv")
 
 
-def make_dataset(config: dict[str, Any], split: str):
+def cached_feature_dir(config: dict[str, Any], model: torch.nn.Module) -> Path | None:
+    """A frozen patch encoder trained on cached features: reuse (or complete) that cache instead of reading and
+    encoding every patch of every slide again. None for fine-tuned encoders."""
+    from zoo.features import ensure_features
+    from zoo.train import cohort_tiling_dir, uses_feature_cache
+
+    if getattr(model, "patch_encoder", None) is None or not uses_feature_cache(config):
+        return None
+    return ensure_features(config["data"]["data_dir"], model.patch_encoder, tiling_dir=cohort_tiling_dir(config)).directory
+
+
+def make_dataset(config: dict[str, Any], split: str, model: torch.nn.Module):
     from zoo.data import BreastCancerMultiModalDataset
 
     return BreastCancerMultiModalDataset.from_config(config, split, data_dir=Path(config["data"]["data_dir"]),
-                                                     feature_dir=None, training=False)
+                                                     feature_dir=cached_feature_dir(config, model), training=False)
 
 
 def collate_one(dataset: Any, index: int) -> dict[str, Any]:
@@ -137,7 +148,7 @@ def cmd_mil(args: argparse.Namespace) -> list[Path]:
     require_modality(model, "pathology", "mil")
     config = view_config(payload, args.data_dir)
     data_dir = Path(config["data"]["data_dir"])
-    dataset = make_dataset(config, split_of(data_dir, args.patient_id))
+    dataset = make_dataset(config, split_of(data_dir, args.patient_id), model)
     batch = collate_one(dataset, patient_index(dataset, args.patient_id))
     if not batch[KEY_PATHOLOGY_MASK].any():
         raise VizError(f"patient {args.patient_id!r} has no pathology patches; pick a patient with slides")
@@ -180,7 +191,7 @@ def cmd_fusion(args: argparse.Namespace) -> list[Path]:
     config["data"]["modalities"]["pathology"]["max_patches"] = int(payload["config"]["data"]["modalities"]["pathology"]["max_patches"])
     data_dir = Path(config["data"]["data_dir"])
     split = split_of(data_dir, args.patient_id) if args.patient_id else args.split
-    dataset = make_dataset(config, split)
+    dataset = make_dataset(config, split, model)
     class_names = payload["class_names"]
     weights, labels, ids = [], [], []
     for i in tqdm(range(len(dataset)), desc=f"fusion attention ({split})", dynamic_ncols=True):
@@ -208,7 +219,7 @@ def cmd_attention_score(args: argparse.Namespace) -> list[Path]:
     require_modality(model, "pathology", "attention-score")
     config = view_config(payload, args.data_dir)
     data_dir = Path(config["data"]["data_dir"])
-    dataset = make_dataset(config, args.split)
+    dataset = make_dataset(config, args.split, model)
     scores = []
     for i in tqdm(range(len(dataset)), desc=f"attention vs tumour mask ({args.split})", dynamic_ncols=True):
         batch = collate_one(dataset, i)

@@ -38,6 +38,9 @@ def write_tiny_checkpoint(name: str, path: Path, seed: int = 0, version: str | N
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
+        if model.mil is not None:  # fitted input standardisation, as a feature-cache run leaves it
+            d = model.mil.in_dim
+            model.mil.set_input_standardization(torch.rand(d) - 0.5, torch.rand(d) + 0.5)
     return save_checkpoint(path, {
         "entry": name, "version": entry.version if version is None else version, "config": config,
         "class_names": list(spec.CLASS_NAMES),

@@ -63,6 +63,36 @@ def test_attention_mil_attends_unequally_and_empty_bag_is_zero():
     assert attn[1, :4].std() > 0
 
 
+@pytest.mark.parametrize("kind", sorted(AGGREGATORS))
+def test_fitted_standardization_equals_standardizing_the_input(kind):
+    torch.manual_seed(0)
+    mil = build_mil(12, kind, hidden_dim=8).eval()
+    features, mask = bag()
+    features = features * 0.05 + 3.0  # offset-dominated, like frozen random-encoder features
+    mean, std = features[mask].mean(0), features[mask].std(0)
+    with torch.no_grad():
+        emb_manual, attn_manual = mil((features - mean) / std, mask)
+        mil.set_input_standardization(mean, std)
+        emb, attn = mil(features, mask)
+        garbage = features.clone()
+        garbage[~mask] = torch.tensor(float("nan"))
+        emb_nan, _ = mil(garbage, mask)
+    assert torch.allclose(emb, emb_manual, atol=1e-5) and torch.allclose(attn, attn_manual, atol=1e-6)
+    assert torch.equal(emb, emb_nan)  # padding stays inert after standardisation
+    state = mil.state_dict()  # the statistics travel with the weights
+    assert torch.equal(state["input_mean"], mean) and torch.equal(state["input_std"], std)
+
+
+def test_standardization_rejects_bad_statistics():
+    mil = build_mil(12, "attention_mil", hidden_dim=8)
+    with pytest.raises(ValueError, match="12 values"):
+        mil.set_input_standardization(torch.zeros(5), torch.ones(5))
+    with pytest.raises(ValueError, match="NaN"):
+        mil.set_input_standardization(torch.full((12,), float("nan")), torch.ones(12))
+    mil.set_input_standardization(torch.zeros(12), torch.zeros(12))  # constant dimensions: std floored, no inf
+    assert (mil.input_std > 0).all()
+
+
 def test_unknown_aggregator_names_choices():
     with pytest.raises(ValueError, match="attention_mil"):
         build_mil(12, "attention-mil")
@@ -75,6 +105,7 @@ def test_mil_exports_to_onnx_with_dynamic_bag_size(name, aggregator, tmp_path):
     model = build_model(name, recipe="tiny", **{"model.modalities.pathology.aggregator.type": aggregator})
     mil = model.mil.eval()
     d = model.patch_encoder.out_dim
+    mil.set_input_standardization(torch.rand(d), torch.rand(d) + 0.5)  # the graph must carry the statistics
     features, mask = torch.randn(1, 6, d), torch.ones(1, 6, dtype=torch.bool)
     path = tmp_path / "mil.onnx"
     n = torch.export.Dim("n", min=1, max=100_000)

@@ -39,6 +39,16 @@ def test_torchrun_two_cpu_processes(easy_cohort, tmp_path):
     assert proc.stdout.count("test split (best checkpoint)") == 1  # only rank 0 reports
 
 
+def test_modality_labels_tell_the_receptor_free_clinical_entry_apart():
+    from zoo.registry import get_entry
+    from zoo.sweep import modality_label
+
+    labels = {name: modality_label(get_entry(name).modalities, get_entry(name).clinical_features)
+              for name in ("clinical_only", "clinical_norec_only", "attention", "gated-path_mri")}
+    assert labels == {"clinical_only": "clin", "clinical_norec_only": "clin-norec", "attention": "path+mri+clin",
+                      "gated-path_mri": "path+mri"}
+
+
 def test_sweep_writes_leaderboard_and_charts_and_survives_a_failed_entry(easy_cohort, tmp_path):
     def train_or_fail(name, **kwargs):
         if name == "mri_only":

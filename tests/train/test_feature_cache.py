@@ -1,6 +1,7 @@
 """The frozen-encoder feature cache: computed once, reused, recomputed when any input changes, served to training."""
 from __future__ import annotations
 
+import json
 import os
 
 import h5py
@@ -95,3 +96,45 @@ def test_training_with_a_frozen_encoder_serves_cached_features(easy_cohort, tmp_
                  overrides=overrides, progress=False, log=logs.append)
     assert any(" 0 slide(s) computed" in line for line in logs), logs  # another entry reuses the same cache
     assert {p: p.stat().st_mtime_ns for d in cache_dirs for p in d.glob("*.h5")} == stamps
+
+
+def test_mil_input_standardization_is_fitted_on_the_train_split_only(easy_cohort, tmp_path):
+    from zoo.checkpoint import load_checkpoint
+    from zoo.data import BreastCancerMultiModalDataset
+    from zoo.features import feature_statistics
+
+    overrides = ["training.epochs=1", "model.modalities.pathology.freeze=true", "training.feature_cache=true"]
+    run_training("pathology_only", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "run",
+                 overrides=overrides, progress=False, log=lambda _m: None)
+    state = load_checkpoint(tmp_path / "run" / "best.pt")
+    cfg = get_entry("pathology_only").config("tiny", overrides=[*overrides, ("data.data_dir", str(easy_cohort))])
+    feature_dir = next((easy_cohort / "features").iterdir())
+    splits = {s: BreastCancerMultiModalDataset.from_config(cfg, s, feature_dir=feature_dir) for s in ("train", "test")}
+    train_mean, train_std, _ = feature_statistics(splits["train"].feature_paths())
+    all_mean, _, _ = feature_statistics([*splits["train"].feature_paths(), *splits["test"].feature_paths()])
+    np.testing.assert_allclose(state["state_dict"]["mil.input_mean"].numpy(), train_mean, rtol=1e-6)
+    np.testing.assert_allclose(state["state_dict"]["mil.input_std"].numpy(), np.maximum(train_std, 1e-6), rtol=1e-6)
+    assert not np.allclose(train_mean, all_mean)  # the test split's patches did not take part
+    assert state["preprocessing"]["feature_standardization"]["fitted_on"] == "train"
+
+    # The attention views of a frozen-encoder checkpoint read the feature cache, never the slides' patches.
+    import zoo.data.dataset as dataset_mod
+    from zoo.viz import main as viz_main
+
+    def no_slide_reads(*_args, **_kwargs):
+        raise AssertionError("viz read patches from a slide although the features are cached")
+
+    original, dataset_mod.read_patches = dataset_mod.read_patches, no_slide_reads
+    try:
+        code = viz_main(["attention-score", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test",
+                         "--data-dir", str(easy_cohort), "--output-dir", str(tmp_path / "figures")])
+    finally:
+        dataset_mod.read_patches = original
+    assert code == 0
+    score = json.loads((tmp_path / "attention_score_test.json").read_text())
+    assert score["num_slides"] > 0
+
+    run_training("pathology_only", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "off",
+                 overrides=[*overrides, "training.feature_standardization=false"], progress=False, log=lambda _m: None)
+    off = load_checkpoint(tmp_path / "off" / "best.pt")["state_dict"]
+    assert (off["mil.input_mean"] == 0).all() and (off["mil.input_std"] == 1).all()

@@ -175,6 +175,10 @@ class BreastCancerMultiModalDataset(Dataset):
     def slide_paths(self, patient_id: str) -> list[Path]:
         return [s.path for s in self._slides[patient_id]]
 
+    def feature_paths(self) -> list[Path]:
+        """Cached feature files of every slide of this split (empty without ``feature_dir``)."""
+        return [s.features_path for slides in self._slides.values() for s in slides if s.features_path is not None]
+
     def num_patches(self, patient_id: str) -> int:
         return sum(len(s.coords) for s in self._slides[patient_id])
 

@@ -3,6 +3,12 @@
 Every aggregator projects patches to `hidden_dim`, ignores masked (padding) entries entirely -- they get exactly
 zero attention and their values (even NaN) never reach the output -- and is invariant to patch order.
 A bag with no valid patch yields a zero embedding and zero attention.
+
+Input standardisation: frozen encoders (random weights above all) give features whose per-dimension offsets dwarf
+their variation, which a small MIL head barely learns from. Every aggregator therefore z-scores its input with
+`input_mean` / `input_std` buffers -- identity until `set_input_standardization` fits them (on the training
+split's cached features) -- so the statistics travel with the weights into checkpoints and the exported
+`mil_pool` graph.
 """
 from __future__ import annotations
 
@@ -19,11 +25,27 @@ class MILPool(nn.Module):
         self.project = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.in_dim = in_dim
         self.out_dim = hidden_dim
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_std", torch.ones(in_dim))
+
+    @torch.no_grad()
+    def set_input_standardization(self, mean, std, min_std: float = 1e-6) -> None:
+        """Fit the input z-scoring: `mean`, `std` of shape [in_dim] (std below `min_std` is raised to it)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.numel() != self.in_dim or std.numel() != self.in_dim:
+            raise ValueError(f"standardisation statistics must have {self.in_dim} values (the feature dimension), "
+                             f"got mean {mean.numel()} and std {std.numel()}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("standardisation statistics contain NaN or inf; are the cached features valid?")
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std.clamp_min(min_std))
 
     def _instances(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = mask.bool()
         valid = mask.unsqueeze(-1)
-        features = torch.where(valid, features.float(), torch.zeros_like(features, dtype=torch.float32))
+        features = (features.float() - self.input_mean) / self.input_std
+        features = torch.where(valid, features, torch.zeros_like(features))
         hidden = self.project(features)
         return torch.where(valid, hidden, torch.zeros_like(hidden)), mask
 
