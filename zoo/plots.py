@@ -41,13 +41,22 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], path: str | os.Pat
 
 
 def grouped_bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: str | os.PathLike, *,
-                      ylabel: str = "", title: str = "", ylim: tuple[float, float] | None = (0.0, 1.0)) -> Path:
-    """Bars grouped by `groups` (x axis), one colour per key of `series`."""
+                      ylabel: str = "", title: str = "", ylim: tuple[float, float] | None = (0.0, 1.0),
+                      errors: dict[str, Sequence[float]] | None = None, annotate: bool = False) -> Path:
+    """Bars grouped by `groups` (x axis), one colour per key of `series` (error bars from `errors[key]`)."""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(groups) + 2), 4.5))
     width = 0.8 / max(len(series), 1)
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(np.arange(len(groups)) + i * width - 0.4 + width / 2, np.nan_to_num(np.asarray(values, float)), width, label=name)
-    ax.set_xticks(range(len(groups)), groups)
+        values = np.nan_to_num(np.asarray(values, float))
+        err = (errors or {}).get(name)
+        bars = ax.bar(np.arange(len(groups)) + i * width - 0.4 + width / 2, values, width, label=name,
+                      yerr=None if err is None else np.nan_to_num(np.asarray(err, float)), capsize=3 if err is not None else 0)
+        if annotate:
+            for bar, value in zip(bars, values):
+                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.2f}", ha="center", va="bottom",
+                        fontsize=7)
+    rotate = len(groups) > 4
+    ax.set_xticks(range(len(groups)), groups, rotation=30 if rotate else 0, ha="right" if rotate else "center")
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)

@@ -1,6 +1,7 @@
 """Train every zoo entry matching the patterns (x seeds) and compare them.
 
     python -m zoo.sweep PATTERN [PATTERN ...] [--recipe cpu] [--seeds 0 1 2] [--data-dir DIR] [--name NAME]
+    python -m zoo.sweep --report outputs/sweeps/<name>     # redraw leaderboard + charts from runs.csv
 
 Writes outputs/sweeps/<name>/: runs.csv (one row per entry x seed, failures included), leaderboard.csv/.md
 (mean +- std over seeds), fusion_comparison.png (entries using all modalities, by fusion: seed section 8) and
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from zoo.atomic import atomic_write_text
-from zoo.plots import bar_chart
+from zoo.plots import grouped_bar_chart
 from zoo.spec import CLINICAL_FEATURES, MODALITIES
 
 SHORT_MODALITY = {"pathology": "path", "mri": "mri", "clinical": "clin"}
@@ -89,19 +90,28 @@ def leaderboard_markdown(table: pd.DataFrame, failures: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Chart series: test F1 (held out) next to the best validation F1 (the model-selection split, optimistic).
+CHART_SERIES = {"test F1": "test_f1", "best val F1": "val_f1"}
+
+
+def _f1_chart(rows: pd.DataFrame, labels: list[str], path: Path, title: str) -> Path:
+    seeds = int(rows["seeds"].max())
+    return grouped_bar_chart(labels, {name: rows[f"{col}_mean"].tolist() for name, col in CHART_SERIES.items()}, path,
+                             errors={name: rows[f"{col}_std"].tolist() for name, col in CHART_SERIES.items()},
+                             ylabel=f"macro F1 (mean ± std over {seeds} seed{'s' if seeds > 1 else ''})", title=title,
+                             annotate=True)
+
+
 def write_charts(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     written = []
     full = table[table["modalities"] == modality_label(MODALITIES)]
     if not full.empty:
-        written.append(bar_chart(full["fusion"].tolist(), full["test_f1_mean"].tolist(), out_dir / "fusion_comparison.png",
-                                 errors=full["test_f1_std"].tolist(), ylabel="test F1 (macro)",
-                                 title="Fusion strategies (all modalities)"))
+        written.append(_f1_chart(full, full["fusion"].tolist(), out_dir / "fusion_comparison.png",
+                                 "Fusion strategies (all modalities)"))
     if not table.empty:
         order = table.assign(n=table["modalities"].str.count(r"\+")).sort_values(["n", "modalities", "fusion"], kind="stable")
         labels = [m if f in ("none", "identity") else f"{m}\n({f})" for m, f in zip(order["modalities"], order["fusion"])]
-        written.append(bar_chart(labels, order["test_f1_mean"].tolist(), out_dir / "modality_ablation.png",
-                                 errors=order["test_f1_std"].tolist(), ylabel="test F1 (macro)",
-                                 title="Modality ablation"))
+        written.append(_f1_chart(order, labels, out_dir / "modality_ablation.png", "Modality ablation"))
     return written
 
 
@@ -158,6 +168,22 @@ def run_sweep(
     return table
 
 
+def report_sweep(out_dir: str | Path) -> pd.DataFrame:
+    """Rewrite a finished sweep's leaderboard and charts from its runs.csv (no training); labels follow the registry."""
+    out_dir = Path(out_dir)
+    path = out_dir / "runs.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; give the folder of a sweep (outputs/sweeps/<name>)")
+    runs = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    missing = [c for c in RUN_COLUMNS if c not in runs.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; it was not written by zoo.sweep")
+    entries = {name: _entry(name) for name in runs["entry"].unique()}
+    runs["modalities"] = [modality_label(entries[n].modalities, entries[n].clinical_features) for n in runs["entry"]]
+    runs["error"] = runs["error"].fillna("")
+    return write_outputs(runs.to_dict("records"), out_dir)
+
+
 def _entry(name: str) -> Any:
     from zoo.registry import get_entry
 
@@ -166,14 +192,20 @@ def _entry(name: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("patterns", nargs="+", help="fnmatch patterns over entry names, e.g. 'attention*' '*_only'; "
+    parser.add_argument("patterns", nargs="*", help="fnmatch patterns over entry names, e.g. 'attention*' '*_only'; "
                                                     "key=value arguments are config overrides for every run")
+    parser.add_argument("--report", metavar="SWEEP_DIR", default=None,
+                        help="no training: rewrite SWEEP_DIR's leaderboard and charts from its runs.csv")
     parser.add_argument("--recipe", choices=["gpu", "cpu", "tiny"], default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--output-dir", default="outputs", help="root; results go to <root>/sweeps/<name>")
     parser.add_argument("--name", default=None, help="sweep name (default: derived from the patterns)")
     args = parser.parse_args(argv)
+    if args.report:
+        table = report_sweep(args.report)
+        print((Path(args.report) / "leaderboard.md").read_text())
+        return 0 if not table.empty else 1
     overrides = [p for p in args.patterns if "=" in p]
     patterns = [p for p in args.patterns if "=" not in p]
     if not patterns:

@@ -69,6 +69,14 @@ def test_sweep_writes_leaderboard_and_charts_and_survives_a_failed_entry(easy_co
     assert "concatenate" in md and "injected failure" in md and "±" in md
     assert_png(out / "fusion_comparison.png")
     assert_png(out / "modality_ablation.png")
+    # --report redraws the same leaderboard from runs.csv alone, without training
+    (out / "leaderboard.csv").unlink()
+    (out / "modality_ablation.png").unlink()
+    from zoo.sweep import main as sweep_main
+
+    assert sweep_main(["--report", str(out)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), board)
+    assert_png(out / "modality_ablation.png")
 
 
 def test_leaderboard_aggregates_seeds_and_skips_failures():
