@@ -7,7 +7,8 @@ dynamic sizes, every presence pattern of the model's modalities, and real cohort
 Pass rule per output: max |exported - pytorch| <= tolerance * scale, where scale = 1 for outputs bounded in
 [0, 1] (probabilities, patch and fusion attention) and max(1, max |pytorch|) for unbounded features/embeddings.
 Default tolerance: 1e-4 for fp32 exports, 1e-2 for fp16; int8 exports allow 1e-1 (of the output scale) on the quantized patch encoder
-and 1e-4 on their fp32 parts. Non-finite outputs and shape mismatches fail.
+and 1e-4 on their fp32 parts, and with real patients (--data-dir) check what quantization does to each patient's
+probabilities (int8 encoder -> fp32 MIL + fusion head vs all-fp32; 1e-1). Non-finite outputs and shape mismatches fail.
 
     python -m export.parity EXPORT_DIR [--checkpoint PATH] [--data-dir DIR] [--max-patients N]
 """
@@ -157,6 +158,37 @@ def check_part(part_cls: type[Part], reference: Part, runner, signature: Signatu
     return checks
 
 
+INT8_PROBABILITY_TOLERANCE = 1e-1
+INT8_CHAIN = "int8 patch_encoder -> probabilities"
+
+
+def check_int8_chain(directory: Path, fmt: ExportFormat, model: torch.nn.Module, geometry: Geometry,
+                     part_files: dict[str, str], real_cases: dict[str, list[Case]],
+                     tolerance: float = INT8_PROBABILITY_TOLERANCE) -> list[OutputCheck]:
+    """What quantization does to a patient's prediction: the real patients' patches through the exported int8
+    patch_encoder, then the (separately verified) fp32 MIL pooling and fusion head, against the all-fp32 model."""
+    encoder_cls, mil_cls, head_cls = (PARTS_BY_NAME[n] for n in ("patch_encoder", "mil_pool", "fusion_head"))
+    run_encoder = fmt.runner(directory / part_files["patch_encoder"], encoder_cls.signature(geometry))
+    encoder, mil, head = (cls(model, geometry).eval() for cls in (encoder_cls, mil_cls, head_cls))
+    head_inputs = head_cls.signature(geometry).input_names
+    heads = {c.label: c.inputs for c in real_cases.get("fusion_head", [])}
+    checks = []
+    for case in real_cases.get("patch_encoder", []):
+        if case.label not in heads:
+            continue
+        patches = case.inputs[names.PATCHES]
+        quantized = torch.from_numpy(run_encoder({names.PATCHES: patches.numpy()})[names.PATCH_FEATURES])
+        with torch.no_grad():
+            probabilities = []
+            for features in (encoder(patches)[0], quantized):
+                inputs = {**heads[case.label], names.embedding("pathology"): mil(features)[0]}
+                probabilities.append(head(*(inputs[n] for n in head_inputs))[0].numpy())
+        reference, got = probabilities
+        checks.append(compare_output(INT8_CHAIN, case.label, names.PROBABILITIES, reference, got, tolerance,
+                                     tuple(reference.shape)))
+    return checks
+
+
 def check_parity(directory: Path, fmt: ExportFormat, model: torch.nn.Module, geometry: Geometry,
                  part_files: dict[str, str], precision: str = "fp32", sizes: ParitySizes = ParitySizes(),
                  tolerance: float | None = None, real_cases: dict[str, list[Case]] | None = None,
@@ -183,6 +215,8 @@ def check_parity(directory: Path, fmt: ExportFormat, model: torch.nn.Module, geo
             continue
         allowed = part_tolerance(precision, name) if override is None else float(override)
         report.checks += check_part(part_cls, reference, runner, signature, cases, allowed)
+    if precision == "int8" and real_cases and "patch_encoder" in part_files:
+        report.checks += check_int8_chain(directory, fmt, model, geometry, part_files, real_cases)
     report.seconds = time.perf_counter() - start
     report.write(directory)
     return report

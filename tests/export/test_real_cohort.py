@@ -10,7 +10,7 @@ import pytest
 
 from export.formats import FORMATS, ExportError
 from export.manifest import load_manifest
-from export.parity import REPORT_JSON
+from export.parity import INT8_CHAIN, REPORT_JSON
 from export.pipeline import export_checkpoint
 from export.source import Target
 
@@ -67,6 +67,8 @@ def test_int8_export_quantizes_the_patch_encoder_calibrated_on_the_cohort(tiny_c
             assert "QuantizeLinear" not in ops and not int8_weights, name
     allowed = {c.part: c.allowed for c in result.report.checks if c.case.startswith("random")}
     assert allowed["mil_pool"] == pytest.approx(1e-4)  # fp32 parts keep the fp32 tolerance
+    chain = [c for c in result.report.checks if c.part == INT8_CHAIN]  # quantization's effect on predictions
+    assert len(chain) == 2 and all(c.case.startswith("patient ") and c.allowed == pytest.approx(0.1) for c in chain)
     worst = result.report.worst("pathology_features")
     assert 0 < worst <= max(c.allowed for c in result.report.checks if c.part == "patch_encoder")
 
