@@ -1,6 +1,7 @@
 """Train every zoo entry matching the patterns (x seeds) and compare them.
 
     python -m zoo.sweep PATTERN [PATTERN ...] [--recipe cpu] [--seeds 0 1 2] [--data-dir DIR] [--name NAME]
+    python -m zoo.sweep PATTERN ... --resume              # after an interruption: finished runs are kept
     python -m zoo.sweep --report outputs/sweeps/<name>     # redraw leaderboard + charts from runs.csv
 
 Writes outputs/sweeps/<name>/: runs.csv (one row per entry x seed, failures included), leaderboard.csv/.md
@@ -11,6 +12,7 @@ The feature cache is shared: entries with the same frozen patch encoder reuse th
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -136,8 +138,12 @@ def run_sweep(
     overrides: Sequence[str] = (),
     train_fn: Callable[..., dict[str, Any]] | None = None,
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> pd.DataFrame:
-    """Train each matching entry for each seed; returns the leaderboard (also written to disk after every run)."""
+    """Train each matching entry for each seed; returns the leaderboard (also written to disk after every run).
+
+    With `resume`, a run whose metrics.json is already written (it finished: the trainer writes it last) is
+    read back instead of trained again, so an interrupted sweep continues where it stopped."""
     from zoo.registry import list_entries
     from zoo.train import run_training
 
@@ -152,9 +158,13 @@ def run_sweep(
     for entry in entries:
         for seed in seeds:
             t0 = time.perf_counter()
+            run_dir = out_dir / "runs" / entry.name / f"seed{seed}"
+            if resume and (run_dir / "metrics.json").is_file():
+                rows.append(run_row(entry, seed, json.loads((run_dir / "metrics.json").read_text())))
+                log(f"{entry.name} seed {seed}: finished earlier, read from {run_dir / 'metrics.json'}")
+                continue
             try:
-                result = train_fn(entry.name, recipe=recipe, data_dir=data_dir,
-                                  output_dir=out_dir / "runs" / entry.name / f"seed{seed}",
+                result = train_fn(entry.name, recipe=recipe, data_dir=data_dir, output_dir=run_dir,
                                   overrides=[*overrides, f"training.seed={seed}", f"data.seed={seed}"])
                 rows.append(run_row(entry, seed, result))
             except Exception as exc:  # a failed entry is recorded; the others still run
@@ -194,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("patterns", nargs="*", help="fnmatch patterns over entry names, e.g. 'attention*' '*_only'; "
                                                     "key=value arguments are config overrides for every run")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of an interrupted sweep that finished (their metrics.json exists)")
     parser.add_argument("--report", metavar="SWEEP_DIR", default=None,
                         help="no training: rewrite SWEEP_DIR's leaderboard and charts from its runs.csv")
     parser.add_argument("--recipe", choices=["gpu", "cpu", "tiny"], default=None)
@@ -211,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not patterns:
         parser.error("give at least one entry pattern")
     table = run_sweep(patterns, seeds=args.seeds, recipe=args.recipe, data_dir=args.data_dir,
-                      output_root=args.output_dir, name=args.name, overrides=overrides)
+                      output_root=args.output_dir, name=args.name, overrides=overrides, resume=args.resume)
     return 0 if not table.empty else 1
 
 

@@ -77,6 +77,14 @@ def test_sweep_writes_leaderboard_and_charts_and_survives_a_failed_entry(easy_co
     assert sweep_main(["--report", str(out)]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), board)
     assert_png(out / "modality_ablation.png")
+    # --resume keeps the finished runs (read from their metrics.json) and trains only what did not finish
+    trained = []
+    resumed = run_sweep(["concatenate", "clinical_only", "mri_only"], seeds=[0], recipe="tiny", data_dir=easy_cohort,
+                        output_root=tmp_path, name="t", overrides=["training.epochs=1"], resume=True,
+                        train_fn=lambda name, **kw: trained.append(name) or train_or_fail(name, **kw),
+                        log=lambda _m: None)
+    assert trained == ["mri_only"]
+    pd.testing.assert_frame_equal(resumed.reset_index(drop=True), table.reset_index(drop=True))
 
 
 def test_leaderboard_aggregates_seeds_and_skips_failures():
