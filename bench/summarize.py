@@ -33,7 +33,9 @@ Stages per slide: tiling (read + tissue detection + grid), patch reading (the da
 encoding, MIL + fusion, end to end from the SVS file to probabilities, the seed tutorial's PNG-per-patch
 baseline, Triton vs in-process on the comparison slide, memory per slide size, and the 16-client load test.
 Every engine's output is checked against the eager fp32 PyTorch reference before it is timed (`max_abs_diff_*`).
-Figures are medians of a few rounds (one round = one whole slide). The model is `attention-path_clin` (pathology
+Figures are medians of a few rounds (one round = one whole slide). On the CPU the "matmul peak" is what
+torch's fp32 matmul reaches here: a practical reference, not the hardware's peak (onnxruntime's convolutions can
+exceed it); the encoder/reader rate says whether encoding (< 1) or slide reading (> 1) bounds a slide. The model is `attention-path_clin` (pathology
 attention-MIL + clinical, attention fusion) built from the profile's recipe with a fixed seed, untrained:
 speed does not depend on the weights.
 """
@@ -107,7 +109,7 @@ def median_of(grouped: dict, group: str, engine: str) -> float | None:
 class Target:
     text: str
     measure: Callable[[dict], tuple[float | None, str]]  # grouped -> (value, how it was computed)
-    met: Callable[[float], bool]
+    met: Callable[[float], bool] | None  # None: a figure reported for reference, not a target
     unit: str = "x"
 
 
@@ -170,14 +172,14 @@ TARGETS = (
            ratio("end to end", "seed_baseline_png_eager_fp32", "onnxruntime_cpu"), lambda v: v >= 5),
     Target("same, with the int8 patch encoder (python -m export.onnx --int8)",
            ratio("end to end", "seed_baseline_png_eager_fp32", "onnxruntime_cpu_int8"), lambda v: v >= 5),
-    Target("int8 vs fp32 onnxruntime (patch encoding, CPU)",
-           ratio("patch encoding", "onnxruntime_cpu", "onnxruntime_cpu_int8"), lambda v: v >= 1.0),
+    Target("int8 vs fp32 onnxruntime, patch encoding (for reference)",
+           ratio("patch encoding", "onnxruntime_cpu", "onnxruntime_cpu_int8"), None),
     Target("load test: zero failed requests", load_failures, lambda v: v == 0, unit=" failed"),
     Target("tiling peak RSS < 2 GiB", tiling_peak, lambda v: v < 2048, unit=" MiB"),
     Target("H100: 10,000-patch slide <= 1.5 s end to end", gpu_large_slide, lambda v: v <= 1.5, unit=" s"),
     Target("H100: encoder >= 30 % of bf16 peak", fraction_of_peak("GPU: encoder FLOP/s"), lambda v: v >= 30, unit=" %"),
-    Target("CPU (for reference): onnxruntime encoder share of the fp32 matmul peak",
-           fraction_of_peak("CPU: encoder FLOP/s", "onnxruntime_cpu"), lambda v: v > 0, unit=" %"),
+    Target("CPU (for reference): onnxruntime encoder FLOP/s over torch's fp32 matmul FLOP/s",
+           fraction_of_peak("CPU: encoder FLOP/s", "onnxruntime_cpu"), None, unit=" %"),
 )
 
 
@@ -188,7 +190,8 @@ def targets_section(grouped: dict) -> list[str]:
         if value is None:
             lines.append(f"| {t.text} | not measured | - | {how} |")
         else:
-            lines.append(f"| {t.text} | {value:.2f}{t.unit} | {'yes' if t.met(value) else 'NO'} | {how} |")
+            met = "-" if t.met is None else "yes" if t.met(value) else "NO"
+            lines.append(f"| {t.text} | {value:.2f}{t.unit} | {met} | {how} |")
     return lines
 
 
