@@ -307,6 +307,10 @@ class MultimodalTrainer:
         if state["entry"] != self.entry_name:
             raise ValueError(f"{path} belongs to entry {state['entry']!r}, not {self.entry_name!r}; "
                              "use another --output-dir or drop --resume")
+        if self.entry_version and str(state.get("version", "")) != self.entry_version:
+            raise ValueError(f"{path} was written by version {state.get('version')!r} of {self.entry_name!r}, but "
+                             f"the zoo now has version {self.entry_version!r} (its weights do not fit); "
+                             "use another --output-dir or drop --resume")
         self.module.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

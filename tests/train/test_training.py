@@ -59,6 +59,13 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(easy_cohort, tmp
     assert same(resumed["history"], full["history"])  # same seed -> same numbers, interrupted or not
     assert same(resumed["test"], full["test"])
 
+    # a last.pt of another entry version (other parameters) is refused with the reason, not a state_dict error
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    torch.save({**state, "version": "0.9"}, tmp_path / "cut" / "last.pt")
+    with pytest.raises(ValueError, match=r"version '0\.9'.*drop --resume"):
+        run_training("attention-path_clin", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "cut",
+                     overrides=overrides, resume=True, **QUIET)
+
 
 def test_unknown_entry_is_a_clear_error(easy_cohort):
     with pytest.raises(TrainingSetupError, match="unknown zoo entry 'atention'"):
