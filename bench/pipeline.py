@@ -36,7 +36,7 @@ class BenchError(RuntimeError):
 def tile_coords(slide: Path, workdir: Path, tiling: Tiling) -> np.ndarray:
     """Read + tissue detection + tiling of one slide (always recomputed): level-0 coords [N, 2]."""
     result = tile.tile_slide(slide, workdir, tiling.patch_size, tiling.level, tiling.tissue_threshold,
-                             overwrite=True)
+                             overwrite=True, qc=False)
     if not result.ok:
         raise BenchError(f"tiling {slide} failed: {result.message}")
     coords, _ = tile.load_coords(result.h5_path)

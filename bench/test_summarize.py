@@ -32,6 +32,17 @@ def test_summary_computes_target_ratios(tmp_path):
     assert "## patch encoding" in text and "| 300.0 |" in text
 
 
+def test_seed_speedup_prefers_interleaved_rounds_over_medians():
+    grouped = summarize.groups({"benchmarks": [
+        _bench("end to end", "onnxruntime_cpu_int8", 1.0),
+        _bench("end to end", "seed_baseline_png_eager_fp32", 8.0, speedup_onnxruntime_cpu_int8=5.5,
+               speedup_onnxruntime_cpu_int8_rounds=[5.2, 5.5, 6.1])]})
+    value, how = summarize.seed_speedup("onnxruntime_cpu_int8")(grouped)
+    assert value == 5.5 and "5.20, 5.50, 6.10" in how
+    value, how = summarize.seed_speedup("onnxruntime_cpu")(grouped)  # no rounds for that engine: no figure
+    assert value is None and "median" in how
+
+
 def test_summary_refuses_results_without_benchmarks(tmp_path, capsys):
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"benchmarks": []}))

@@ -73,7 +73,7 @@ def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
                          "the model was trained with; re-export the entry with python -m export.onnx")
     params = {k: given[k] for k in TILING_KEYS}
     cache = slide_tiling_dir(path, Path(tiling_dir) if tiling_dir else tiling_cache(), **params)
-    result = tile.tile_slide(path, cache, **params)
+    result = tile.tile_slide(path, cache, **params, qc=False)
     if not result.ok:
         raise TilingFailed(f"{path}: tiling failed: {result.message}")
     coords, attrs = tile.load_coords(result.h5_path)

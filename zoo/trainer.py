@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import yaml
@@ -78,6 +79,16 @@ class EpochOutput:
 
     def metrics(self, class_names: Sequence[str]) -> dict[str, Any]:
         return {"loss": self.loss, **classification_metrics(self.labels, self.probs, class_names)}
+
+
+PREDICTIONS_FILE = "test_predictions.csv"  # per test patient: label and class probabilities of the best checkpoint
+
+
+def predictions_table(output: EpochOutput, class_names: Sequence[str]) -> pd.DataFrame:
+    table = pd.DataFrame({"patient_id": output.patient_ids or range(len(output.labels)), "label": output.labels})
+    for i, name in enumerate(class_names):
+        table[f"p_{name}"] = output.probs[:, i]
+    return table
 
 
 class MultimodalTrainer:
@@ -423,7 +434,10 @@ class MultimodalTrainer:
         }
         if self.test_loader is not None:
             self._load_best_weights()
-            result["test"] = self.evaluate(self.test_loader, desc="test")
+            test = self.run_epoch(self.test_loader, train=False, desc="test")
+            result["test"] = test.metrics(self.class_names)
+            if self.output_dir is not None and ddp.is_main_process():
+                atomic_write_text(self.output_dir / PREDICTIONS_FILE, predictions_table(test, self.class_names).to_csv(index=False))
         if self.output_dir is not None and ddp.is_main_process():
             atomic_write_json(self.output_dir / "metrics.json", result)
         return result

@@ -66,6 +66,26 @@ def test_idempotent_and_overwrite(tiny_cohort, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_without_qc_same_coords_and_no_overlay(tiny_cohort, tmp_path):
+    path = sorted((tiny_cohort / "wsi_raw").glob("*.svs"))[0]
+    with_qc = tile.tile_slide(path, tmp_path / "a", 64, 0, 0.5)
+    without = tile.tile_slide(path, tmp_path / "b", 64, 0, 0.5, qc=False)
+    assert without.status == "tiled" and not (tmp_path / "b" / "qc").exists()
+    np.testing.assert_array_equal(tile.load_coords(without.h5_path)[0], tile.load_coords(with_qc.h5_path)[0])
+
+
+def test_saturation_is_skimage_hsv_bit_for_bit():
+    from skimage import color
+    levels = np.arange(256)
+    red, green = np.meshgrid(levels, levels)
+    blue = np.arange(0, 256, 3)  # every (r, g) pair against a third of the blue levels: 2.2 M colours
+    rgb = np.stack([np.broadcast_to(red, (len(blue), 256, 256)), np.broadcast_to(green, (len(blue), 256, 256)),
+                    np.broadcast_to(blue[:, None, None], (len(blue), 256, 256))], -1).astype(np.uint8)
+    expected = color.rgb2hsv(rgb)[..., 1]
+    np.testing.assert_array_equal(tile.hsv_saturation(rgb), expected)
+    np.testing.assert_allclose(tile.hsv_saturation(rgb[:4] / 255.0), expected[:4], atol=1e-12)  # float input too
+
+
 def _white(x, y, w, h):
     return np.full((h, w, 3), 245, np.uint8)
 

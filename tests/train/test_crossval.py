@@ -1,0 +1,95 @@
+"""Out-of-fold pooling, the paired bootstrap and the ablation-shape expectations; a 3-fold sweep end to end."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from zoo.crossval import ablation_expectations, ablation_shape, macro_f1, out_of_fold_predictions, paired_bootstrap
+from zoo.sweep import run_sweep
+from zoo.train import run_training
+from zoo.trainer import PREDICTIONS_FILE
+
+
+def _table(labels: np.ndarray, predicted: np.ndarray, ids=None) -> pd.DataFrame:
+    probs = np.full((len(labels), 4), 0.1)
+    probs[np.arange(len(labels)), predicted] = 0.7
+    table = pd.DataFrame({"patient_id": ids if ids is not None else [f"P{i:03d}" for i in range(len(labels))],
+                          "label": labels})
+    for k in range(4):
+        table[f"p_{k}"] = probs[:, k]
+    return table
+
+
+def test_macro_f1_matches_sklearn():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y, p = rng.integers(0, 4, 50), rng.integers(0, 3, 50)  # class 3 sometimes never predicted
+        assert macro_f1(y, p, 4) == pytest.approx(f1_score(y, p, average="macro"))
+
+
+def test_paired_bootstrap_separates_a_real_difference_from_none():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 200)
+    good = np.where(rng.random(200) < 0.8, labels, rng.integers(0, 4, 200))
+    bad = rng.integers(0, 4, 200)
+    ahead = paired_bootstrap([_table(labels, good)], [_table(labels, bad)], resamples=300)
+    assert ahead["ci_low"] > 0 and ahead["p_ahead"] == 1.0
+    tie = paired_bootstrap([_table(labels, good)], [_table(labels, good)], resamples=50)
+    assert tie["delta_f1"] == 0 and tie["ci_low"] == 0 == tie["ci_high"]
+    with pytest.raises(ValueError, match="different patients"):
+        paired_bootstrap([_table(labels, good)], [_table(labels[:100], good[:100])], resamples=10)
+
+
+def test_ablation_expectations_follow_the_seed_table():
+    labels = ["path+mri+clin", "path+mri", "path+clin", "mri+clin", "path", "mri", "clin", "clin-norec"]
+    pairs = set(ablation_expectations(labels))
+    assert len(pairs) == 12  # the full set over 6 subsets, each pair over its 2 members
+    assert ("path+mri+clin", "clin") in pairs and ("path+clin", "path") in pairs
+    assert ("path+mri", "clin") not in pairs and not any("clin-norec" in p for p in pairs)
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 120)
+    oof = {"path+clin": [_table(y, y)], "path": [_table(y, rng.integers(0, 4, 120))], "clin": [_table(y, y)]}
+    shape = ablation_shape(oof, resamples=100).set_index("expected_worse")
+    assert shape.loc["path", "verdict"] == "holds" and shape.loc["clin", "verdict"] == "unresolved"
+
+
+def test_out_of_fold_refuses_overlapping_folds(tmp_path):
+    y = np.arange(8) % 4
+    for i in range(2):
+        (tmp_path / f"f{i}").mkdir()
+        _table(y, y).to_csv(tmp_path / f"f{i}" / PREDICTIONS_FILE, index=False)
+    with pytest.raises(ValueError, match="more than one run"):
+        out_of_fold_predictions([tmp_path / "f0", tmp_path / "f1"])
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        out_of_fold_predictions([tmp_path / "missing"])
+
+
+def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_cohort, tmp_path):
+    entries = ["pathology_only", "clinical_only", "concatenate-path_clin"]
+    table = run_sweep(entries, seeds=[0], recipe="tiny", data_dir=easy_cohort, output_root=tmp_path, name="cv",
+                      overrides=["training.epochs=1"], folds=3, log=lambda _m: None,
+                      train_fn=lambda name, **kw: run_training(name, **kw, progress=False, log=lambda _m: None))
+    out = tmp_path / "sweeps" / "cv"
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 9 and sorted(runs["fold"].unique()) == [0, 1, 2] and (runs["status"] == "ok").all()
+    cohort = pd.concat([pd.read_csv(easy_cohort / f"{s}_clinical.csv", dtype={"patient_id": str})
+                        for s in ("train", "val", "test")])
+    for entry in entries:
+        oof = out_of_fold_predictions([out / "runs" / entry / "seed0" / f"fold{f}" for f in range(3)])
+        assert sorted(oof["patient_id"]) == sorted(cohort["patient_id"])
+        np.testing.assert_array_equal(oof["label"], cohort.set_index("patient_id").loc[oof["patient_id"],
+                                                                                       "molecular_subtype"])
+    assert sorted(table["entry"]) == sorted(entries) and (table["seeds"] == 1).all()
+    assert "out-of-fold" in (out / "leaderboard.md").read_text()
+    shape = pd.read_csv(out / "ablation_shape.csv")
+    assert set(zip(shape["expected_better"], shape["expected_worse"])) == {("path+clin", "path"), ("path+clin", "clin")}
+    assert "expected orderings hold" in (out / "ablation_shape.md").read_text()
+    board = pd.read_csv(out / "leaderboard.csv")
+    (out / "ablation_shape.csv").unlink()
+    from zoo.sweep import main as sweep_main
+
+    assert sweep_main(["--report", str(out)]) == 0  # the k-fold leaderboard and shape are redrawn from disk
+    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), board)
+    assert (out / "ablation_shape.csv").is_file()

@@ -1,0 +1,124 @@
+"""Out-of-fold evaluation of a cross-validated sweep and the modality-ablation shape check.
+
+Each fold run writes `test_predictions.csv` (its held-out fold); pooled over the folds every patient of the cohort
+has exactly one prediction, so metrics are computed on the whole cohort instead of one small test split. Entries
+are then compared on the same patients with a paired bootstrap (patients resampled, both entries scored on the
+same resample), which says whether a difference is larger than the resampling noise.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from zoo.metrics import classification_metrics
+from zoo.spec import CLASS_NAMES
+from zoo.trainer import PREDICTIONS_FILE
+
+PROB_PREFIX = "p_"
+
+
+def out_of_fold_predictions(run_dirs: Sequence[Path]) -> pd.DataFrame:
+    """The fold runs' test predictions, concatenated and sorted by patient; each patient must appear once."""
+    parts = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / PREDICTIONS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the fold run did not finish (rerun the sweep with --resume)")
+        parts.append(pd.read_csv(path, dtype={"patient_id": str}))
+    table = pd.concat(parts, ignore_index=True)
+    repeated = table["patient_id"][table["patient_id"].duplicated()].tolist()
+    if repeated:
+        raise ValueError(f"patients {repeated[:5]} are in the test fold of more than one run; the folds overlap")
+    return table.sort_values("patient_id", kind="stable").reset_index(drop=True)
+
+
+def probabilities(table: pd.DataFrame) -> np.ndarray:
+    return table[[c for c in table.columns if c.startswith(PROB_PREFIX)]].to_numpy(np.float64)
+
+
+def pooled_metrics(table: pd.DataFrame, class_names: Sequence[str] = CLASS_NAMES) -> dict:
+    metrics = classification_metrics(table["label"].to_numpy(), probabilities(table), class_names)
+    return {**metrics, "num_samples": int(len(table))}
+
+
+def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    """Macro F1 over the classes present in `labels` or `predicted` (as sklearn's f1_score(average="macro"))."""
+    confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, -1)
+    tp = np.diag(confusion).astype(np.float64)
+    support, predicted_n = confusion.sum(1), confusion.sum(0)
+    present = (support + predicted_n) > 0
+    denom = support + predicted_n
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1[present].mean())
+
+
+def _seed_stack(tables: Sequence[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """labels [N], predicted class [S, N] of S seeds' out-of-fold tables over the same N patients."""
+    ids = tables[0]["patient_id"].tolist()
+    for t in tables[1:]:
+        if t["patient_id"].tolist() != ids:
+            raise ValueError("out-of-fold tables cover different patients; compare runs of the same folds")
+    return tables[0]["label"].to_numpy(np.int64), np.stack([probabilities(t).argmax(1) for t in tables]), ids
+
+
+def paired_bootstrap(a: Sequence[pd.DataFrame], b: Sequence[pd.DataFrame], num_classes: int = len(CLASS_NAMES),
+                     resamples: int = 2000, seed: int = 0) -> dict:
+    """Macro F1 of entry `a` minus entry `b` (each the mean over its seeds), on the same bootstrap resamples of
+    patients: the observed difference, its 95 % interval and the share of resamples where `a` is ahead."""
+    labels, pred_a, ids = _seed_stack(a)
+    labels_b, pred_b, ids_b = _seed_stack(b)
+    if ids != ids_b or not np.array_equal(labels, labels_b):
+        raise ValueError("the two entries were evaluated on different patients; run them in the same k-fold sweep")
+
+    def delta(idx: np.ndarray) -> float:
+        fa = np.mean([macro_f1(labels[idx], p[idx], num_classes) for p in pred_a])
+        fb = np.mean([macro_f1(labels[idx], p[idx], num_classes) for p in pred_b])
+        return fa - fb
+
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    draws = np.array([delta(rng.integers(0, n, n)) for _ in range(resamples)])
+    return {"delta_f1": delta(np.arange(n)), "ci_low": float(np.quantile(draws, 0.025)),
+            "ci_high": float(np.quantile(draws, 0.975)), "p_ahead": float((draws > 0).mean())}
+
+
+def ablation_expectations(labels: Sequence[str]) -> list[tuple[str, str]]:
+    """(better, worse) pairs of the seed table's shape among the modality subsets present: the full set beats every
+    other subset, and each pair beats each of its own members. Labels are 'path+mri+clin' style."""
+    parts = {label: frozenset(label.split("+")) for label in labels}
+    full = max(parts, key=lambda label: len(parts[label]), default=None)
+    pairs = []
+    for better, worse in combinations(sorted(parts, key=lambda label: -len(parts[label])), 2):
+        subset = parts[worse] < parts[better]
+        if subset and (better == full or len(parts[better]) == 2):
+            pairs.append((better, worse))
+    return pairs
+
+
+def ablation_shape(oof: Mapping[str, Sequence[pd.DataFrame]], resamples: int = 2000) -> pd.DataFrame:
+    """One row per expected comparison: observed F1 difference, bootstrap interval, P(ahead), and the verdict
+    'holds' (interval above 0), 'reversed' (below 0) or 'unresolved'."""
+    rows = []
+    for better, worse in ablation_expectations(list(oof)):
+        result = paired_bootstrap(oof[better], oof[worse], resamples=resamples)
+        verdict = "holds" if result["ci_low"] > 0 else "reversed" if result["ci_high"] < 0 else "unresolved"
+        rows.append({"expected_better": better, "expected_worse": worse, **result, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["expected_better", "expected_worse", "delta_f1", "ci_low", "ci_high",
+                                       "p_ahead", "verdict"])
+
+
+def shape_markdown(table: pd.DataFrame, folds: int, patients: int, seeds: int) -> str:
+    lines = [f"Modality ablation shape, {folds}-fold cross-validation: out-of-fold macro F1 on all {patients} patients"
+             f" (mean over {seeds} seed{'s' if seeds > 1 else ''}); paired bootstrap over patients, 95 % interval.", "",
+             "| expected | Δ macro F1 | 95 % interval | P(ahead) | verdict |", "|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['expected_better']} > {r['expected_worse']} | {r['delta_f1']:+.3f} | "
+                     f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_ahead']:.2f} | {r['verdict']} |")
+    counts = table["verdict"].value_counts()
+    lines += ["", f"{counts.get('holds', 0)} of {len(table)} expected orderings hold, {counts.get('reversed', 0)} "
+              f"reversed, {counts.get('unresolved', 0)} unresolved at this cohort size."]
+    return "\n".join(lines) + "\n"
