@@ -60,3 +60,10 @@ def test_cohort_errors_name_the_problem(tiny_cohort, tmp_path):
         (tmp_path / f"{name}_clinical.csv").write_text((tiny_cohort / "train_clinical.csv").read_text())
     with pytest.raises(ValueError, match="more than one split CSV"):
         cohort_table(tmp_path)
+
+
+def test_a_real_folder_in_a_view_is_refused_not_overwritten(tiny_cohort, tmp_path):
+    (tmp_path / "folds" / "fold0" / "wsi_raw").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="is not a link to"):
+        write_fold_views(tiny_cohort, tmp_path / "folds", 2)
+    assert (tmp_path / "folds" / "fold0" / "wsi_raw").is_dir() and not (tmp_path / "folds" / "fold0" / "wsi_raw").is_symlink()
