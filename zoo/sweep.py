@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from zoo.atomic import atomic_write_text
+from zoo.atomic import atomic_write_json, atomic_write_text
 from zoo.plots import grouped_bar_chart
 from zoo.spec import CLINICAL_FEATURES, MODALITIES
 
@@ -144,13 +144,15 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path, folds: int | None =
 
 
 def out_of_fold_row(entry: Any, seed: int, fold_rows: list[dict[str, Any]], run_dirs: list[Path]) -> dict[str, Any]:
-    """One leaderboard row for an entry x seed of a k-fold sweep: pooled out-of-fold test metrics."""
+    """One leaderboard row for an entry x seed of a k-fold sweep: pooled out-of-fold test metrics (also written,
+    with the per-class report and confusion matrix, to runs/<entry>/seed<s>/out_of_fold_metrics.json)."""
     from zoo.crossval import out_of_fold_predictions, pooled_metrics
 
     failed = [r for r in fold_rows if r["status"] != "ok"]
     if failed:
         return run_row(entry, seed, None, f"{len(failed)} of {len(fold_rows)} folds failed: {failed[0]['error']}")
     metrics = pooled_metrics(out_of_fold_predictions(run_dirs))
+    atomic_write_json(Path(run_dirs[0]).parent / "out_of_fold_metrics.json", metrics)  # per class, confusion matrix
     return run_row(entry, seed, {
         "best_val_f1": float(np.mean([r["val_f1"] for r in fold_rows])),
         "best_val_auc": float(np.mean([r["val_auc"] for r in fold_rows])),
@@ -336,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     patterns = [p for p in args.patterns if "=" not in p]
     if not patterns:
         parser.error("give at least one entry pattern")
+    if args.folds is not None and args.folds < 2:
+        parser.error(f"--folds must be >= 2 (got {args.folds}); leave it out to use the cohort's own test split")
     table = run_sweep(patterns, seeds=args.seeds, recipe=args.recipe, data_dir=args.data_dir,
                       output_root=args.output_dir, name=args.name, overrides=overrides, resume=args.resume,
                       folds=args.folds)

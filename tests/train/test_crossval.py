@@ -1,12 +1,16 @@
 """Out-of-fold pooling, the paired bootstrap and the ablation-shape expectations; a 3-fold sweep end to end."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
 from zoo.crossval import ablation_expectations, ablation_shape, macro_f1, out_of_fold_predictions, paired_bootstrap
+from zoo.metrics import classification_metrics
+from zoo.spec import CLASS_NAMES
 from zoo.sweep import run_sweep
 from zoo.train import run_training
 from zoo.trainer import PREDICTIONS_FILE
@@ -26,7 +30,9 @@ def test_macro_f1_matches_sklearn():
     rng = np.random.default_rng(0)
     for _ in range(20):
         y, p = rng.integers(0, 4, 50), rng.integers(0, 3, 50)  # class 3 sometimes never predicted
-        assert macro_f1(y, p, 4) == pytest.approx(f1_score(y, p, average="macro"))
+        expected = f1_score(y, p, labels=range(4), average="macro", zero_division=0)
+        assert macro_f1(y, p, 4) == pytest.approx(expected)
+        assert macro_f1(y, p, 4) == pytest.approx(classification_metrics(y, np.eye(4)[p])["f1_macro"])
 
 
 def test_paired_bootstrap_separates_a_real_difference_from_none():
@@ -83,6 +89,9 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
                                                                                        "molecular_subtype"])
     assert sorted(table["entry"]) == sorted(entries) and (table["seeds"] == 1).all()
     assert "out-of-fold" in (out / "leaderboard.md").read_text()
+    pooled = json.loads((out / "runs" / "clinical_only" / "seed0" / "out_of_fold_metrics.json").read_text())
+    assert pooled["num_samples"] == len(cohort) and set(pooled["per_class"]) == set(CLASS_NAMES)
+    assert table.set_index("entry").loc["clinical_only", "test_f1_mean"] == pytest.approx(pooled["f1_macro"])
     shape = pd.read_csv(out / "ablation_shape.csv")
     assert set(zip(shape["expected_better"], shape["expected_worse"])) == {("path+clin", "path"), ("path+clin", "clin")}
     assert "expected orderings hold" in (out / "ablation_shape.md").read_text()
@@ -93,3 +102,11 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
     assert sweep_main(["--report", str(out)]) == 0  # the k-fold leaderboard and shape are redrawn from disk
     pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), board)
     assert (out / "ablation_shape.csv").is_file()
+
+
+def test_folds_below_two_are_refused_on_the_command_line(capsys):
+    from zoo.sweep import main as sweep_main
+
+    with pytest.raises(SystemExit):
+        sweep_main(["clinical_only", "--folds", "1"])
+    assert "--folds must be >= 2" in capsys.readouterr().err
