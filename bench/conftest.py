@@ -246,13 +246,16 @@ class Engines:
             self._built[name] = self._build(name)
         return self._built[name]
 
+    @staticmethod
+    def available(name: str) -> bool:
+        return name in TRITON_ENGINES or not IN_PROCESS_ENGINES[name].needs_cuda or torch.cuda.is_available()
+
     def _build(self, name: str):
+        if not self.available(name):
+            pytest.skip(f"{name} needs a CUDA device; none on this machine (torch.cuda.is_available() is False)")
         if name in TRITON_ENGINES:
             return self.request.getfixturevalue("triton_engines")[name]
-        spec_ = IN_PROCESS_ENGINES[name]
-        if spec_.needs_cuda and not torch.cuda.is_available():
-            pytest.skip(f"{name} needs a CUDA device; none on this machine (torch.cuda.is_available() is False)")
-        return spec_.build(self.bench_model)
+        return IN_PROCESS_ENGINES[name].build(self.bench_model)
 
     def close(self) -> None:
         for engine in self._built.values():

@@ -16,9 +16,7 @@ import pandas as pd
 
 from zoo.metrics import classification_metrics
 from zoo.spec import CLASS_NAMES
-from zoo.trainer import PREDICTIONS_FILE
-
-PROB_PREFIX = "p_"
+from zoo.trainer import PREDICTIONS_FILE, PROBABILITY_PREFIX
 
 
 def out_of_fold_predictions(run_dirs: Sequence[Path]) -> pd.DataFrame:
@@ -37,12 +35,11 @@ def out_of_fold_predictions(run_dirs: Sequence[Path]) -> pd.DataFrame:
 
 
 def probabilities(table: pd.DataFrame) -> np.ndarray:
-    return table[[c for c in table.columns if c.startswith(PROB_PREFIX)]].to_numpy(np.float64)
+    return table[[c for c in table.columns if c.startswith(PROBABILITY_PREFIX)]].to_numpy(np.float64)
 
 
 def pooled_metrics(table: pd.DataFrame, class_names: Sequence[str] = CLASS_NAMES) -> dict:
-    metrics = classification_metrics(table["label"].to_numpy(), probabilities(table), class_names)
-    return {**metrics, "num_samples": int(len(table))}
+    return classification_metrics(table["label"].to_numpy(), probabilities(table), class_names)
 
 
 def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:

@@ -160,7 +160,7 @@ def out_of_fold_row(entry: Any, seed: int, fold_rows: list[dict[str, Any]], run_
         "test": metrics})
 
 
-def write_ablation_shape(out_dir: Path, entries: Sequence[Any], seeds: Sequence[int], folds: int,
+def write_ablation_shape(out_dir: Path, entries: Sequence[Any], folds: int,
                          scored: list[dict[str, Any]]) -> Path | None:
     """ablation_shape.md/.csv: the seed table's orderings tested on out-of-fold predictions. Per modality subset the
     entry with the best mean validation F1 stands for it (chosen on validation, never on test)."""
@@ -173,8 +173,9 @@ def write_ablation_shape(out_dir: Path, entries: Sequence[Any], seeds: Sequence[
     chosen = ok.groupby("entry")["val_f1"].mean().to_frame("val").join(ok.groupby("entry")["modalities"].first())
     chosen = chosen.sort_values("val", ascending=False).groupby("modalities").head(1)
     by_name = {e.name: e for e in entries}
-    oof = {label: [out_of_fold_predictions([fold_run_dir(out_dir, by_name[name], s, f) for f in range(folds)])
-                   for s in seeds]
+    finished = ok.groupby("entry")["seed"].apply(list)  # a seed with a failed fold has no out-of-fold predictions
+    oof = {label: [out_of_fold_predictions([fold_run_dir(out_dir, by_name[name], int(s), f) for f in range(folds)])
+                   for s in finished[name]]
            for name, label in chosen["modalities"].items()}
     table = ablation_shape(oof)
     if table.empty:
@@ -182,7 +183,7 @@ def write_ablation_shape(out_dir: Path, entries: Sequence[Any], seeds: Sequence[
     atomic_write_text(out_dir / "ablation_shape.csv", table.to_csv(index=False))
     patients = len(next(iter(oof.values()))[0])
     path = out_dir / "ablation_shape.md"
-    atomic_write_text(path, shape_markdown(table, folds, patients, len(seeds)))
+    atomic_write_text(path, shape_markdown(table, folds, patients, max(len(v) for v in oof.values())))
     return path
 
 
@@ -274,7 +275,7 @@ def run_sweep(
             if folds:
                 scored.append(out_of_fold_row(entry, seed, fold_rows, run_dirs))
             table = write_outputs(rows, out_dir, folds, scored if folds else None)
-    if folds and (shape := write_ablation_shape(out_dir, entries, seeds, folds, scored)) is not None:
+    if folds and (shape := write_ablation_shape(out_dir, entries, folds, scored)) is not None:
         log(shape.read_text())
     log(f"leaderboard: {out_dir / 'leaderboard.md'}")
     log((out_dir / "leaderboard.md").read_text())
@@ -299,12 +300,12 @@ def report_sweep(out_dir: str | Path) -> pd.DataFrame:
     if runs["fold"].isna().all():
         return write_outputs(runs.to_dict("records"), out_dir)
     folds = int(runs["fold"].max()) + 1
-    scored, seeds = [], sorted(int(s) for s in runs["seed"].unique())
+    scored = []
     for (name, seed), group in runs.groupby(["entry", "seed"], sort=False):
         scored.append(out_of_fold_row(entries[name], int(seed), group.to_dict("records"),
                                       [fold_run_dir(out_dir, entries[name], int(seed), f) for f in range(folds)]))
     table = write_outputs(runs.to_dict("records"), out_dir, folds, scored)
-    write_ablation_shape(out_dir, list(entries.values()), seeds, folds, scored)
+    write_ablation_shape(out_dir, list(entries.values()), folds, scored)
     return table
 
 

@@ -82,12 +82,13 @@ class EpochOutput:
 
 
 PREDICTIONS_FILE = "test_predictions.csv"  # per test patient: label and class probabilities of the best checkpoint
+PROBABILITY_PREFIX = "p_"                  # its probability columns: p_<class name>
 
 
 def predictions_table(output: EpochOutput, class_names: Sequence[str]) -> pd.DataFrame:
     table = pd.DataFrame({"patient_id": output.patient_ids or range(len(output.labels)), "label": output.labels})
     for i, name in enumerate(class_names):
-        table[f"p_{name}"] = output.probs[:, i]
+        table[f"{PROBABILITY_PREFIX}{name}"] = output.probs[:, i]
     return table
 
 
