@@ -2,15 +2,12 @@
 from the SVS file, and the seed tutorial's PNG-per-patch baseline on the same slide."""
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 
 from bench.checks import assert_features_close, assert_probabilities_close
 from bench.conftest import ENGINE_NAMES, tolerance
 from bench.pipeline import end_to_end, read_all_patches, seed_style, tile_coords
-from bench.timing import measure
+from bench.timing import interleaved, measure
 
 
 def test_tiling(benchmark, stage_slide, tiling, workdir, profile):
@@ -65,38 +62,39 @@ def test_end_to_end(benchmark, engine_name, engines, stage_slide, tiling, clinic
 
 # Our pipelines timed against the seed baseline, round by round (CUDA engines join when a device is present).
 SPEEDUP_ENGINES = ("onnxruntime_cpu", "onnxruntime_cpu_int8", "pytorch_bf16_channels_last", "onnxruntime_cuda")
+# Patch encoders timed against eager fp32, round by round: the "onnxruntime >= 1.5x eager" target reads these.
+ENCODING_RIVALS = ("onnxruntime_cpu", "onnxruntime_cpu_int8")
 
 
 def test_seed_baseline(benchmark, bench_model, engines, stage_slide, tiling, clinical, workdir, profile):
     """The seed tutorial's way on the same slide: PNG per patch written and read back with PIL, float32 eager.
 
-    Each timed baseline round is preceded by one end-to-end run of each of our engines (timed here, outside the
-    benchmark clock), so load drift on a shared machine hits both sides of a ratio alike: the speedup reported is
-    the median of the per-round ratios."""
+    Each timed baseline round is preceded by one end-to-end run of each of our engines (bench.timing.interleaved),
+    so the speedup reported is the median of the per-round ratios."""
     ours = {name: engines.get(name) for name in SPEEDUP_ENGINES if engines.available(name)}
-    ours_s: dict[str, list[float]] = {name: [] for name in ours}
-
-    def time_ours():
-        for name, engine in ours.items():
-            start = time.perf_counter()
-            end_to_end(engine, stage_slide.path, workdir / f"tiles_{name}", tiling, clinical)
-            ours_s[name].append(time.perf_counter() - start)
-
+    runs = {name: (lambda e=engine, n=name: end_to_end(e, stage_slide.path, workdir / f"tiles_{n}", tiling, clinical))
+            for name, engine in ours.items()}
     run = lambda: seed_style(bench_model.model, stage_slide.path, workdir / "seed_baseline", tiling, clinical)  # noqa: E731
-    benchmark.group = "end to end"
-    benchmark.extra_info.update(engine="seed_baseline_png_eager_fp32", patches=len(stage_slide.coords), slides=1,
+    probabilities = interleaved(benchmark, run, runs, max(profile.rounds, 5), "end to end",
+                                engine="seed_baseline_png_eager_fp32", patches=len(stage_slide.coords), slides=1,
                                 slide_px=stage_slide.side_px)
-    probabilities = benchmark.pedantic(run, setup=time_ours, rounds=max(profile.rounds, 5), iterations=1)
     # The baseline is the reference's own model, not an engine under test: its last timed output is checked.
     benchmark.extra_info["max_abs_diff_probabilities"] = assert_probabilities_close(
         probabilities, stage_slide.probabilities, 1e-4, "seed baseline")
-    stats = getattr(benchmark, "stats", None)
-    if stats is None:  # benchmarks disabled: one untimed run, nothing to compare
-        return
-    baseline = list(stats.stats.data)
-    benchmark.extra_info["median_s"] = round(stats.stats.median, 4)
-    for name, times in ours_s.items():
-        assert len(times) == len(baseline), f"{name}: {len(times)} rounds against {len(baseline)} baseline rounds"
-        ratios = [b / t for b, t in zip(baseline, times)]
-        benchmark.extra_info[f"speedup_{name}"] = round(statistics.median(ratios), 3)
-        benchmark.extra_info[f"speedup_{name}_rounds"] = [round(r, 3) for r in ratios]
+
+
+def test_encoding_interleaved(benchmark, engines, stage_slide, tiling, profile):
+    """Eager fp32 patch encoding timed with one encoding by each rival right before each of its rounds: the
+    rivals' speedups over eager are medians of per-round ratios (see bench.timing.interleaved)."""
+    rivals = {}
+    for name in ENCODING_RIVALS:
+        engine = engines.get(name)
+        assert_features_close(engine.encode(stage_slide.batches(tiling.batch_size)), stage_slide.features,
+                              tolerance(name)[0], name)
+        rivals[name] = lambda e=engine: e.encode(stage_slide.batches(tiling.batch_size))
+    eager = engines.get("pytorch_eager_fp32")
+    features = interleaved(benchmark, lambda: eager.encode(stage_slide.batches(tiling.batch_size)), rivals,
+                           max(profile.rounds, 5), "patch encoding, interleaved rounds", engine="pytorch_eager_fp32",
+                           patches=len(stage_slide.patches), slides=1, batch_size=tiling.batch_size)
+    benchmark.extra_info["max_abs_diff_features"] = assert_features_close(
+        features, stage_slide.features, tolerance("pytorch_eager_fp32")[0], "pytorch_eager_fp32")

@@ -49,3 +49,14 @@ def test_summary_refuses_results_without_benchmarks(tmp_path, capsys):
     assert summarize.main([str(empty), "--output", str(tmp_path / "x.md")]) == 2
     assert "holds no benchmarks" in capsys.readouterr().err
     assert not (tmp_path / "x.md").exists()
+
+
+def test_encoding_target_reads_interleaved_rounds_before_stage_medians():
+    stage = [_bench("patch encoding", "pytorch_eager_fp32", 3.0), _bench("patch encoding", "onnxruntime_cpu", 2.5)]
+    target = next(t for t in summarize.TARGETS if t.text.startswith("onnxruntime >= 1.5x PyTorch eager"))
+    value, how = target.measure(summarize.groups({"benchmarks": stage}))
+    assert value == 1.2 and "median pytorch_eager_fp32 / median onnxruntime_cpu" in how
+    rounds = _bench(summarize.ENCODING_INTERLEAVED, "pytorch_eager_fp32", 3.0, speedup_onnxruntime_cpu=1.6,
+                    speedup_onnxruntime_cpu_rounds=[1.5, 1.6, 1.7])
+    value, how = target.measure(summarize.groups({"benchmarks": [*stage, rounds]}))
+    assert value == 1.6 and "1.50, 1.60, 1.70" in how and not target.met(1.2) and target.met(1.6)

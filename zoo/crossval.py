@@ -7,6 +7,7 @@ same resample), which says whether a difference is larger than the resampling no
 """
 from __future__ import annotations
 
+import json
 from itertools import combinations
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -117,3 +118,70 @@ def shape_markdown(table: pd.DataFrame, folds: int, patients: int, seeds: int) -
     lines += ["", f"{counts.get('holds', 0)} of {len(table)} expected orderings hold, {counts.get('reversed', 0)} "
               f"reversed, {counts.get('unresolved', 0)} unresolved at this cohort size."]
     return "\n".join(lines) + "\n"
+
+
+def finished_seed_runs(entry_dir: Path) -> dict[int, list[Path]]:
+    """seed -> its fold run folders, for every seed of a k-fold sweep's entry folder (runs/<entry>) whose folds all
+    wrote their predictions."""
+    entry_dir = Path(entry_dir)
+    started = {int(d.name[4:]): sorted(d.glob("fold*"), key=lambda p: int(p.name[4:]))
+               for d in entry_dir.glob("seed*")}
+    k = max((len(folds) for folds in started.values()), default=0)  # a seed still running may lack fold folders
+    seeds = {s: folds for s, folds in sorted(started.items())
+             if len(folds) == k and all((f / PREDICTIONS_FILE).is_file() for f in folds)}
+    if not seeds:
+        raise FileNotFoundError(f"{entry_dir} holds no finished k-fold seed (seed<s>/fold<k>/{PREDICTIONS_FILE}); "
+                                "give runs/<entry> of a sweep run with --folds")
+    return seeds
+
+
+def compare_runs(a: Path, b: Path, resamples: int = 2000) -> dict:
+    """Two k-fold runs of the same cohort (e.g. one entry under two settings, from two sweeps) on the same
+    patients: mean fold validation F1 (what to choose by), out-of-fold F1 and the paired bootstrap of a - b."""
+    summary = {}
+    tables = {}
+    for key, entry_dir in (("a", a), ("b", b)):
+        seeds = finished_seed_runs(entry_dir)
+        tables[key] = [out_of_fold_predictions(folds) for folds in seeds.values()]
+        val = [json.loads((f / "metrics.json").read_text())["best_val_f1"] for folds in seeds.values() for f in folds]
+        summary[key] = {"run": str(entry_dir), "seeds": sorted(seeds), "folds": len(next(iter(seeds.values()))),
+                        "mean_val_f1": float(np.mean(val)),
+                        "out_of_fold_f1": float(np.mean([pooled_metrics(t)["f1_macro"] for t in tables[key]]))}
+    return {**summary, **paired_bootstrap(tables["a"], tables["b"], resamples=resamples)}
+
+
+def comparison_markdown(result: dict) -> str:
+    lines = ["| run | seeds | folds | mean fold val F1 | out-of-fold F1 |", "|---|---|---|---|---|"]
+    for key in ("a", "b"):
+        r = result[key]
+        lines.append(f"| {r['run']} | {', '.join(map(str, r['seeds']))} | {r['folds']} | {r['mean_val_f1']:.3f} | "
+                     f"{r['out_of_fold_f1']:.3f} |")
+    verdict = ("a ahead" if result["ci_low"] > 0 else "b ahead" if result["ci_high"] < 0 else
+               "no difference beyond the bootstrap noise")
+    lines += ["", f"a - b: Δ out-of-fold macro F1 {result['delta_f1']:+.3f}, 95 % interval "
+              f"[{result['ci_low']:+.3f}, {result['ci_high']:+.3f}], P(a ahead) {result['p_ahead']:.2f}: {verdict}.",
+              "Choose between settings by the validation F1 column; the out-of-fold figures are test figures."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m zoo.crossval", description=(
+        "Compare two k-fold runs on the same patients, e.g. one entry trained with two settings in two sweeps: "
+        "python -m zoo.crossval outputs/sweeps/A/runs/attention outputs/sweeps/B/runs/attention"))
+    parser.add_argument("a", type=Path, help="runs/<entry> folder of a k-fold sweep")
+    parser.add_argument("b", type=Path, help="the other runs/<entry> folder (same cohort and folds)")
+    parser.add_argument("--resamples", type=int, default=2000)
+    args = parser.parse_args(argv)
+    try:
+        print(comparison_markdown(compare_runs(args.a, args.b, args.resamples)), end="")
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -110,3 +110,26 @@ def test_folds_below_two_are_refused_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         sweep_main(["clinical_only", "--folds", "1"])
     assert "--folds must be >= 2" in capsys.readouterr().err
+
+
+def test_compare_runs_pairs_two_settings_on_the_same_patients(tmp_path, capsys):
+    from zoo.crossval import main as crossval_main
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 90)
+    ids = [f"P{i:03d}" for i in range(90)]
+    good, noisy = y.copy(), np.where(rng.random(90) < 0.4, y, rng.integers(0, 4, 90))
+    for run, predicted, val_f1 in (("a", good, 0.9), ("b", noisy, 0.5)):
+        for seed in (0, 1):
+            for fold in range(3):
+                fold_dir = tmp_path / run / f"seed{seed}" / f"fold{fold}"
+                fold_dir.mkdir(parents=True)
+                part = slice(30 * fold, 30 * fold + 30)
+                _table(y[part], predicted[part], ids[part]).to_csv(fold_dir / PREDICTIONS_FILE, index=False)
+                (fold_dir / "metrics.json").write_text(json.dumps({"best_val_f1": val_f1}))
+    (tmp_path / "b" / "seed2" / "fold0").mkdir(parents=True)  # a seed still running is left out
+    assert crossval_main([str(tmp_path / "a"), str(tmp_path / "b"), "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0, 1 | 3 | 0.900 | 1.000 |" in out and "| 0, 1 | 3 | 0.500 |" in out and ": a ahead." in out
+    assert crossval_main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert "no finished k-fold seed" in capsys.readouterr().err
