@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--output-dir", default="outputs", help="root; results go to <root>/sweeps/<name>")
     parser.add_argument("--name", default=None, help="sweep name (default: derived from the patterns)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # patterns and overrides may follow options
     if args.report:
         table = report_sweep(args.report)
         print((Path(args.report) / "leaderboard.md").read_text())

@@ -110,6 +110,9 @@ def test_folds_below_two_are_refused_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
         sweep_main(["clinical_only", "--folds", "1"])
     assert "--folds must be >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # patterns and overrides may come after the options
+        sweep_main(["clinical_only", "--seeds", "0", "--folds", "1", "training.epochs=1"])
+    assert "--folds must be >= 2" in capsys.readouterr().err
 
 
 def test_compare_runs_pairs_two_settings_on_the_same_patients(tmp_path, capsys):
