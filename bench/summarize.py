@@ -35,8 +35,9 @@ baseline, Triton vs in-process on the comparison slide, memory per slide size, a
 The seed baseline is timed in rounds interleaved with our end-to-end engines (each baseline round right after
 one run of each), and its speedup targets are medians of the per-round ratios, so load drift on a shared
 machine hits both sides alike; eager fp32 patch encoding is timed the same way against onnxruntime fp32 and
-int8 ("patch encoding, interleaved rounds"), and the onnxruntime >= 1.5x target reads those rounds. The "ceiling" row divides the baseline by the int8 patch encoding alone: the speedup even a
-free tiling and reading could not exceed on this machine.
+int8 ("patch encoding, interleaved rounds"), and the onnxruntime >= 1.5x target reads those rounds. The
+"ceiling" row divides the baseline by the int8 patch encoding alone: the speedup even a free tiling and reading
+could not exceed on this machine.
 Every engine's output is checked against the eager fp32 PyTorch reference before it is timed (`max_abs_diff_*`).
 Figures are medians of a few rounds (one round = one whole slide). On the CPU the "matmul peak" is what
 torch's fp32 matmul reaches here: a practical reference, not the hardware's peak (onnxruntime's convolutions can

@@ -7,6 +7,7 @@ import pytest
 from bench.checks import assert_features_close, assert_probabilities_close
 from bench.conftest import ENGINE_NAMES, tolerance
 from bench.pipeline import end_to_end, read_all_patches, seed_style, tile_coords
+from bench.summarize import ENCODING_INTERLEAVED
 from bench.timing import interleaved, measure
 
 
@@ -94,7 +95,7 @@ def test_encoding_interleaved(benchmark, engines, stage_slide, tiling, profile):
         rivals[name] = lambda e=engine: e.encode(stage_slide.batches(tiling.batch_size))
     eager = engines.get("pytorch_eager_fp32")
     features = interleaved(benchmark, lambda: eager.encode(stage_slide.batches(tiling.batch_size)), rivals,
-                           max(profile.rounds, 5), "patch encoding, interleaved rounds", engine="pytorch_eager_fp32",
+                           max(profile.rounds, 5), ENCODING_INTERLEAVED, engine="pytorch_eager_fp32",
                            patches=len(stage_slide.patches), slides=1, batch_size=tiling.batch_size)
     benchmark.extra_info["max_abs_diff_features"] = assert_features_close(
         features, stage_slide.features, tolerance("pytorch_eager_fp32")[0], "pytorch_eager_fp32")
