@@ -45,12 +45,15 @@ class Profile:
     load_clients: int = 16
     load_bag: int = 16           # patches per load-test request
     batch_size: int = 64
+    reader_threads: int | None = None  # None: zoo.data.tile's default (one per core, at most 8)
 
 
 PROFILES = {
     "ci": Profile("ci (--benchmark-disable)", "tiny", 80, 300, (512, 1024), rounds=1, load_s=5.0),
     "cpu": Profile("cpu", "cpu", 300, 1000, (2048, 4096, 6144), rounds=3, load_s=20.0),  # 3: a median ignores one slow round
-    "cuda": Profile("cuda", "gpu", 400, 10_000, (4096, 8192), rounds=5, load_s=20.0, batch_size=256),
+    # a GPU encodes faster than one core reads: every core of the host reads
+    "cuda": Profile("cuda", "gpu", 400, 10_000, (4096, 8192), rounds=5, load_s=20.0, batch_size=256,
+                    reader_threads=os.cpu_count()),
 }
 
 
@@ -160,7 +163,9 @@ def bench_model(profile, workdir, slide_cache) -> BenchModel:
 
 @pytest.fixture(scope="session")
 def tiling(bench_model, profile) -> Tiling:
-    return Tiling(patch_size=bench_model.geometry.patch_size, batch_size=profile.batch_size)
+    from zoo.data.tile import reader_threads
+    return Tiling(patch_size=bench_model.geometry.patch_size, batch_size=profile.batch_size,
+                  reader_threads=reader_threads(profile.reader_threads))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -91,33 +91,10 @@ class InProcessEngine:
         return SlidePrediction(head[names.PROBABILITIES][0], pooled[names.PATCH_ATTENTION])
 
     def predict(self, bag: tinputs.SlideBag, clinical: np.ndarray) -> SlidePrediction:
-        return self.aggregate(self.encode(prefetch(bag.batches)), clinical)
+        return self.aggregate(self.encode(bag.batches), clinical)  # read ahead by the bag's reader threads
 
     def close(self) -> None:
         self.runners.clear()
-
-
-def prefetch(batches: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
-    """Read the next batches in a background thread while the current one is encoded (OpenSlide drops the GIL)."""
-    import queue
-    import threading
-
-    box: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def produce() -> None:
-        try:
-            for b in batches:
-                box.put(b)
-        except BaseException as exc:  # re-raised in the consumer
-            box.put(exc)
-        box.put(done)
-
-    threading.Thread(target=produce, daemon=True, name="patch-prefetch").start()
-    while (item := box.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
 
 
 # ------------------------------------------------------------------------------------------- engine factories

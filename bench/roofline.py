@@ -42,8 +42,9 @@ def encoder_flops_per_patch(encoder: torch.nn.Module, patch_size: int, device: s
 
 
 def reader_tiles_per_s(slide, coords: np.ndarray, tiling: Tiling) -> float:
+    """Patches/s read by the reader threads the end-to-end pipeline uses (`tiling.reader_threads`)."""
     start = time.perf_counter()
-    read_all_patches(slide, coords, tiling)
+    read_all_patches(slide, coords, tiling, tiling.reader_threads)
     return len(coords) / (time.perf_counter() - start)
 
 

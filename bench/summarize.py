@@ -29,8 +29,9 @@ uv run pytest bench --benchmark-disable                                        #
 BENCH_LARGE=1 uv run pytest bench --benchmark-only -k memory                   # + a 40,000 x 40,000 px slide
 ```
 
-Stages per slide: tiling (read + tissue detection + grid), patch reading (the data-loading ceiling), patch
-encoding, MIL + fusion, end to end from the SVS file to probabilities, the seed tutorial's PNG-per-patch
+Stages per slide: tiling (read + tissue detection + grid), patch reading (the data-loading ceiling: every patch
+through OpenSlide in one thread, level-0 JPEG tiles decoded directly in one thread, and in the reader threads the
+end-to-end pipeline uses), patch encoding, MIL + fusion, end to end from the SVS file to probabilities, the seed tutorial's PNG-per-patch
 baseline, Triton vs in-process on the comparison slide, memory per slide size, and the 16-client load test.
 The seed baseline is timed in rounds interleaved with our end-to-end engines (each baseline round right after
 one run of each), and its speedup targets are medians of the per-round ratios, so load drift on a shared
@@ -173,6 +174,20 @@ def fraction_of_peak(group: str, engine: str | None = None) -> Callable[[dict], 
     return measure
 
 
+def reader_speedup(threaded: bool) -> Callable[[dict], tuple[float | None, str]]:
+    """Patch reading by the pipeline's reader (direct JPEG decoding, in reader threads when `threaded`) against
+    OpenSlide alone in the caller's thread (bench/test_stages.py::test_patch_reading)."""
+    def compute(grouped: dict) -> tuple[float | None, str]:
+        rows = [r for r in grouped.get("patch reading", []) if r.get("median_s")]
+        base = next((r for r in rows if not r.get("reader_threads") and r.get("direct_jpeg") is False), None)
+        ours = next((r for r in rows if r.get("direct_jpeg") and bool(r.get("reader_threads")) == threaded), None)
+        if base is None or ours is None:
+            return None, "no patch-reading rows for both readers in this file"
+        return (float(base["median_s"]) / float(ours["median_s"]),
+                f"median {base['engine']} / median {ours['engine']} (patch reading)")
+    return compute
+
+
 def load_failures(grouped: dict) -> tuple[float | None, str]:
     rows = grouped.get("load (16 gRPC clients)", [])
     if not rows:
@@ -213,6 +228,10 @@ TARGETS = (
            None),
     Target("int8 vs fp32 onnxruntime, patch encoding (for reference)",
            ratio("patch encoding", "onnxruntime_cpu", "onnxruntime_cpu_int8"), None),
+    Target("patch reading: direct JPEG tiles vs OpenSlide, caller's thread (for reference)", reader_speedup(False),
+           None),
+    Target("patch reading: direct JPEG tiles in the reader threads vs OpenSlide, caller's thread (for reference)",
+           reader_speedup(True), None),
     Target("load test: zero failed requests", load_failures, lambda v: v == 0, unit=" failed"),
     Target("tiling peak RSS < 2 GiB", tiling_peak, lambda v: v < 2048, unit=" MiB"),
     Target("H100: 10,000-patch slide <= 1.5 s end to end", gpu_large_slide, lambda v: v <= 1.5, unit=" s"),

@@ -19,11 +19,20 @@ def test_tiling(benchmark, stage_slide, tiling, workdir, profile):
     assert (coords == stage_slide.coords).all(), "tiling is not deterministic"
 
 
-def test_patch_reading(benchmark, stage_slide, tiling, profile):
-    """The data-loading ceiling: tiles/s OpenSlide delivers into uint8 arrays (one reader thread)."""
-    patches = measure(benchmark, lambda: read_all_patches(stage_slide.path, stage_slide.coords, tiling),
-                      profile.rounds, "patch reading", patches=len(stage_slide.coords), slides=1,
-                      patch_size=tiling.patch_size)
+READERS = {"openslide_caller_thread": (False, False), "caller_thread": (False, True), "reader_threads": (True, True)}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_patch_reading(benchmark, reader, stage_slide, tiling, profile):
+    """The data-loading ceiling: tiles/s delivered into uint8 arrays -- every patch through OpenSlide in the
+    caller's thread (the reader before level-0 JPEG tiles were decoded directly), direct decoding in the caller's
+    thread, and direct decoding by the reader threads the end-to-end pipeline uses (handles of their own)."""
+    pipeline_threads, direct = READERS[reader]
+    threads = tiling.reader_threads if pipeline_threads else 0
+    label = (f"{threads} reader threads" if threads else "caller's thread") + ("" if direct else ", OpenSlide only")
+    patches = measure(benchmark, lambda: read_all_patches(stage_slide.path, stage_slide.coords, tiling, threads, direct),
+                      profile.rounds, "patch reading", engine=label, patches=len(stage_slide.coords), slides=1,
+                      patch_size=tiling.patch_size, reader_threads=threads, direct_jpeg=direct)
     assert (patches == stage_slide.patches).all()
 
 

@@ -60,3 +60,15 @@ def test_encoding_target_reads_interleaved_rounds_before_stage_medians():
                     speedup_onnxruntime_cpu_rounds=[1.5, 1.6, 1.7])
     value, how = target.measure(summarize.groups({"benchmarks": [*stage, rounds]}))
     assert value == 1.6 and "1.50, 1.60, 1.70" in how and not target.met(1.2) and target.met(1.6)
+
+
+def test_reader_speedup_compares_the_pipelines_reader_with_openslide_in_one_thread():
+    grouped = summarize.groups({"benchmarks": [
+        _bench("patch reading", "caller's thread, OpenSlide only", 0.4, reader_threads=0, direct_jpeg=False),
+        _bench("patch reading", "caller's thread", 0.2, reader_threads=0, direct_jpeg=True),
+        _bench("patch reading", "4 reader threads", 0.125, reader_threads=4, direct_jpeg=True)]})
+    assert summarize.reader_speedup(False)(grouped)[0] == 2.0
+    value, how = summarize.reader_speedup(True)(grouped)
+    assert value == 3.2 and "4 reader threads" in how and "OpenSlide only" in how
+    assert summarize.reader_speedup(True)(summarize.groups({"benchmarks": [
+        _bench("patch reading", "caller's thread, OpenSlide only", 0.4, reader_threads=0, direct_jpeg=False)]}))[0] is None

@@ -84,13 +84,13 @@ class SlideClient:
     def __init__(self, url: str = "127.0.0.1:8001", model: str | None = None,
                  manifest_or_repo: mf.ExportManifest | str | Path = "model_repository", chunk_size: int = 256,
                  in_flight: int = 4, shared_memory: bool = False, retries: int = 0, backoff_s: float = 0.5,
-                 progress: bool = False, tiling_dir: str | Path | None = None):
+                 progress: bool = False, tiling_dir: str | Path | None = None, reader_threads: int | None = None):
         self.manifest = resolve_manifest(manifest_or_repo, model)
         self.entry = model or self.manifest.entry
         if self.entry != self.manifest.entry:
             raise ClientError(f"model {self.entry!r} does not match the manifest's entry {self.manifest.entry!r}")
         self.url, self.retries, self.backoff_s, self.progress = url, retries, backoff_s, progress
-        self.chunk_size, self.tiling_dir = chunk_size, tiling_dir
+        self.chunk_size, self.tiling_dir, self.reader_threads = chunk_size, tiling_dir, reader_threads
         self.client = connect(url, retries, backoff_s)
         self.has_pathology = PATHOLOGY in self.manifest.modalities
         self.io = ensemble_io(self.manifest, from_features=self.has_pathology)
@@ -164,7 +164,8 @@ class SlideClient:
         bags = []
         for slide in slides:
             try:
-                bags.append(inp.slide_bag(slide, self.manifest, self.chunk_size, self.tiling_dir))
+                bags.append(inp.slide_bag(slide, self.manifest, self.chunk_size, self.tiling_dir,
+                                          self.reader_threads))
             except inp.TilingFailed as err:
                 print(f"warning: {err}; slide skipped", file=sys.stderr)
         return bags
@@ -238,6 +239,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmap", help="write a patch-attention heatmap PNG here")
     p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--in-flight", type=int, default=4)
+    p.add_argument("--reader-threads", type=int, default=None,
+                   help="threads reading patches ahead of the requests (default: one per core, at most 8; 0: none)")
     p.add_argument("--retries", type=int, default=0, help="retries with exponential backoff on transient errors")
     p.add_argument("--top-k", type=int, default=5)
     return parser
@@ -264,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with SlideClient(args.url, args.model, args.repository, args.chunk_size, args.in_flight,
-                         args.shared_memory, args.retries, progress=True, tiling_dir=args.tiling_dir) as client:
+                         args.shared_memory, args.retries, progress=True, tiling_dir=args.tiling_dir,
+                         reader_threads=args.reader_threads) as client:
             given: dict[str, Any] = {}
             if args.patient_id:
                 given = patient_inputs(args.patient_id, args.data_dir, client.manifest)

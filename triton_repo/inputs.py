@@ -59,9 +59,10 @@ def slide_tiling_dir(path: Path, root: Path, patch_size: int, level: int, tissue
 
 
 def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
-              tiling_dir: str | Path | None = None) -> SlideBag:
+              tiling_dir: str | Path | None = None, reader_threads: int | None = None) -> SlideBag:
     """Tile `path` with the training tiling parameters (coordinates cached under `tiling_dir`, default
-    `tiling_cache()`) and stream its patches. Raises TilingFailed for a slide without usable tissue."""
+    `tiling_cache()`) and stream its patches, read ahead by `reader_threads` threads (zoo.data.tile's default:
+    one per core, at most 8). Raises TilingFailed for a slide without usable tissue."""
     from zoo.data import tile  # imported lazily: tiling pulls in OpenSlide
     path = Path(path)
     if not path.is_file():
@@ -77,7 +78,8 @@ def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
     if not result.ok:
         raise TilingFailed(f"{path}: tiling failed: {result.message}")
     coords, attrs = tile.load_coords(result.h5_path)
-    batches = tile.iter_patch_batches(path, coords, int(attrs["patch_size"]), int(attrs["level"]), batch_size)
+    batches = tile.iter_patch_batches(path, coords, int(attrs["patch_size"]), int(attrs["level"]), batch_size,
+                                      threads=reader_threads)
     return SlideBag(path.stem, coords, (patches for _, patches in batches))
 
 

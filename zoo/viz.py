@@ -163,7 +163,7 @@ def cmd_mil(args: argparse.Namespace) -> list[Path]:
     for weight, slide_id, xy in top:
         info = tiling_info(config, slide_id)
         _, patch = next(iter_patch_batches(str(info["slide_path"]), np.asarray([xy]), int(info["patch_size"]),
-                                           int(info["level"]), batch_size=1))
+                                           int(info["level"]), batch_size=1, threads=0))
         patches.append(patch[0])
         titles.append(f"{slide_id} ({xy[0]}, {xy[1]})")
     predicted = payload["class_names"][int(probs.argmax())]

@@ -1,4 +1,5 @@
 import shutil
+import threading
 
 import h5py
 import numpy as np
@@ -42,7 +43,8 @@ def test_tiling_attrs_and_ground_truth_coverage(tiny_cohort):
     assert covered / total > 0.85
 
 
-def test_read_patches_and_streaming_agree(tiny_cohort):
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_read_patches_and_streaming_agree(tiny_cohort, threads):
     path = sorted((tiny_cohort / "wsi_raw").glob("*.svs"))[0]
     coords, _ = _coords(tiny_cohort, path.stem)
     with openslide.OpenSlide(str(path)) as s:
@@ -50,10 +52,45 @@ def test_read_patches_and_streaming_agree(tiny_cohort):
         ref = np.asarray(s.read_region(tuple(int(v) for v in coords[0]), 0, (64, 64)).convert("RGB"))
     assert direct.dtype == np.uint8 and direct.shape == (len(coords), 3, 64, 64)
     np.testing.assert_array_equal(direct[0].transpose(1, 2, 0), ref)
-    batches = list(tile.iter_patch_batches(path, coords, 64, 0, batch_size=3))
-    assert all(len(c) <= 3 for c, _ in batches)
+    batches = list(tile.iter_patch_batches(path, coords, 64, 0, batch_size=3, threads=threads))
+    assert all(len(c) <= 3 for c, _ in batches) and len(batches) == -(-len(coords) // 3)
     np.testing.assert_array_equal(np.concatenate([p for _, p in batches]), direct)
     np.testing.assert_array_equal(np.concatenate([c for c, _ in batches]), coords)
+
+
+def test_pixels_outside_the_slide_read_white(tmp_path):
+    path = write_svs(tmp_path / "s.svs", 300, 300, _red)
+    with openslide.OpenSlide(str(path)) as s:
+        patch = tile.read_patches(s, np.array([[268, 0]]), 64, 0)[0]  # 32 px inside, 32 px past the right edge
+    assert (patch[:, :, 32:] == 255).all()
+    assert (patch[0, :, :32] > 200).all() and (patch[1:, :, :32] < 60).all()
+
+
+def test_reader_threads_stop_cleanly_when_the_consumer_stops(tiny_cohort):
+    path = sorted((tiny_cohort / "wsi_raw").glob("*.svs"))[0]
+    coords, _ = _coords(tiny_cohort, path.stem)
+    batches = tile.iter_patch_batches(path, coords, 64, 0, batch_size=1, threads=2)
+    first_coords, first = next(batches)
+    batches.close()  # the reads queued ahead are dropped and the handles closed; no thread is left behind
+    assert first.shape == (1, 3, 64, 64) and (first_coords == coords[:1]).all()
+    assert not [t for t in threading.enumerate() if t.name.startswith("patch-reader")]
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_corrupt_tile_fails_naming_the_slide_after_the_good_batches(tmp_path, threads):
+    path = write_svs(tmp_path / "corrupt.svs", 512, 512, _red)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[3], tif.pages[0].databytecounts[3]  # the last level-0 tile
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\0" * count)
+    coords = np.array([[0, 0], [256, 0], [0, 256], [256, 256]])
+    batches = tile.iter_patch_batches(path, coords, 256, 0, batch_size=1, threads=threads)
+    good = [next(batches) for _ in range(3)]
+    assert [tuple(c[0]) for c, _ in good] == [(0, 0), (256, 0), (0, 256)]
+    assert all((p[:, 0] > 200).all() for _, p in good)
+    with pytest.raises(tile.TilingError, match=r"corrupt\.svs: cannot read the 1 patches from level-0 \(256, 256\)"):
+        next(batches)
 
 
 def test_idempotent_and_overwrite(tiny_cohort, tmp_path):
@@ -127,3 +164,58 @@ def test_load_coords_errors(tmp_path):
     with pytest.raises(tile.TilingError, match="unreadable"):
         (tmp_path / "x.h5").write_text("nope")
         tile.load_coords(tmp_path / "x.h5")
+
+
+def _red(x, y, w, h):
+    return np.broadcast_to(np.array([230, 20, 30], np.uint8), (h, w, 3)).copy()
+
+
+def _noise(x, y, w, h):
+    rng = np.random.default_rng([x, y])
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("photometric", ["ycbcr", "rgb"])
+def test_direct_jpeg_tiles_match_openslide_across_tiles_and_edges(tmp_path, photometric):
+    if photometric == "ycbcr":  # an Aperio SVS as the cohort writes it, 300 px: the last tiles are partly outside
+        path = write_svs(tmp_path / "s.svs", 300, 300, _noise)
+    else:  # a generic tiled TIFF whose JPEG tiles are RGB
+        path = tmp_path / "s.tif"
+        tifffile.imwrite(path, _noise(0, 0, 300, 300), tile=(128, 128), photometric="rgb", compression="jpeg")
+    rng = np.random.default_rng(0)
+    coords = np.concatenate([rng.integers(-40, 300, (60, 2)), [[0, 0], [236, 236], [250, 10], [128, 128]]])
+    with openslide.OpenSlide(str(path)) as s:
+        expected = tile.read_patches(s, coords, 64, 0)
+    source = tile.PatchSource(path, 0)
+    try:
+        assert source.tiles is not None
+        np.testing.assert_array_equal(source.verify(coords, 64), expected)
+        assert source.direct, "the tiles decoded directly differ from OpenSlide's pixels"
+        np.testing.assert_array_equal(source.read(coords, 64), expected)
+    finally:
+        source.close()
+
+
+def test_openslide_reads_the_slide_when_direct_decoding_disagrees(tiny_cohort, monkeypatch):
+    from zoo.data import jpeg_tiles
+    path = sorted((tiny_cohort / "wsi_raw").glob("*.svs"))[0]
+    coords, _ = _coords(tiny_cohort, path.stem)
+    with openslide.OpenSlide(str(path)) as s:
+        expected = tile.read_patches(s, coords, 64, 0)
+    decode = jpeg_tiles.JpegTiles.read
+    monkeypatch.setattr(jpeg_tiles.JpegTiles, "read", lambda self, c, p: decode(self, c, p) ^ 1)  # off by one bit
+    batches = list(tile.iter_patch_batches(path, coords, 64, 0, batch_size=4, threads=2))
+    np.testing.assert_array_equal(np.concatenate([p for _, p in batches]), expected)
+
+
+def test_levels_above_zero_and_other_compressions_read_through_openslide(tmp_path):
+    path = tmp_path / "zlib.tif"
+    tifffile.imwrite(path, _noise(0, 0, 256, 256), tile=(128, 128), photometric="rgb", compression="zlib")
+    assert tile.PatchSource(path, 0).tiles is None
+    svs = write_svs(tmp_path / "s.svs", 2048, 2048, _noise)
+    with openslide.OpenSlide(str(svs)) as s:
+        assert s.level_count > 1
+        expected = tile.read_patches(s, np.array([[0, 0], [512, 512]]), 64, 1)
+    assert tile.PatchSource(svs, 1).tiles is None
+    got = next(tile.iter_patch_batches(svs, np.array([[0, 0], [512, 512]]), 64, 1, batch_size=2))[1]
+    np.testing.assert_array_equal(got, expected)

@@ -66,7 +66,7 @@ def test_client_cli_on_a_patient_without_mri(server, repository, references, dat
     done = subprocess.run(
         [sys.executable, "-m", "triton_repo.client", "predict", "--patient-id", pid, "--data-dir", str(tiny_cohort),
          "--url", server.grpc_url, "--repository", str(repository), "--model", ENTRY, "--heatmap", str(heatmap),
-         "--top-k", "1000", "--chunk-size", "8"],
+         "--top-k", "1000", "--chunk-size", "8", "--reader-threads", "3"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
