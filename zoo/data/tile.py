@@ -104,7 +104,9 @@ def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)[..., :3]
     if rgb.dtype != np.uint8:
         return color.rgb2hsv(rgb)[..., 1]
-    top, bottom = rgb.max(-1), rgb.min(-1)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    top = np.maximum(np.maximum(red, green), blue)  # elementwise: ~10x faster than a reduction over a 3-wide axis
+    bottom = np.minimum(np.minimum(red, green), blue)
     value = _UINT8_AS_FLOAT[top]
     with np.errstate(invalid="ignore", divide="ignore"):
         saturation = (value - _UINT8_AS_FLOAT[bottom]) / value
