@@ -351,11 +351,13 @@ def iter_patch_batches(
 
 
 VERIFY_PATCHES = 16
+# Formats whose level 0 is one plain grid of TIFF tiles; others (e.g. Ventana's overlapping tiles) need OpenSlide.
+DIRECT_JPEG_VENDORS = frozenset({"aperio", "generic-tiff"})
 
 
 class PatchSource:
     """One reader's handles on a slide: OpenSlide, and for level-0 patches of a tiled JPEG TIFF the tiles decoded
-    directly (zoo.data.jpeg_tiles.JpegTiles, 2-4x faster), used only once `verify` saw them match OpenSlide's
+    directly (zoo.data.jpeg_tiles.JpegTiles, 2-5x faster), used only once `verify` saw them match OpenSlide's
     pixels exactly on a real batch. Not thread-safe: one per reader thread."""
 
     def __init__(self, slide_path: str | os.PathLike, level: int, direct_jpeg: bool = True):
@@ -363,7 +365,9 @@ class PatchSource:
 
         self.path, self.level = slide_path, level
         self.slide = open_slide(slide_path)
-        self.tiles = JpegTiles.open(slide_path, self.slide.dimensions) if direct_jpeg and level == 0 else None
+        vendor = self.slide.properties.get(openslide.PROPERTY_NAME_VENDOR)
+        plain_grid = direct_jpeg and level == 0 and vendor in DIRECT_JPEG_VENDORS
+        self.tiles = JpegTiles.open(slide_path, self.slide.dimensions) if plain_grid else None
         self.direct = False
 
     def verify(self, chunk: np.ndarray, patch_size: int) -> np.ndarray:
