@@ -46,6 +46,21 @@ def test_item_keys_dtypes_and_collate(tiny_cohort):
     assert np.array_equal(ds.labels, np.array([int(ds[i][spec.KEY_LABEL]) for i in range(len(ds))]))
 
 
+def test_raw_patches_are_openslides_pixels(tiny_cohort):
+    """The dataset decodes level-0 JPEG tiles directly (zoo.data.tile.PatchSource): the same pixels as OpenSlide."""
+    import openslide
+
+    from zoo.data import tile
+    ds = _ds(tiny_cohort, max_patches=16)
+    item = next(ds[i] for i in range(len(ds)) if ds[i][spec.KEY_PATHOLOGY_MASK].any())
+    coords, bag = item[spec.KEY_PATHOLOGY_COORDS].numpy(), item[spec.KEY_PATHOLOGY].numpy()
+    for index, slide_id in enumerate(item[spec.KEY_SLIDE_IDS]):
+        rows = coords[:, 0] == index
+        with openslide.OpenSlide(str(tiny_cohort / "wsi_raw" / f"{slide_id}.svs")) as slide:
+            np.testing.assert_array_equal(bag[rows], tile.read_patches(slide, coords[rows, 1:], PS, 0))
+    assert any(source.direct for source in ds._sources.values())
+
+
 def test_presence_with_missing_modalities(tiny_cohort):
     split, pid = _find_split(tiny_cohort, lambda p: not (tiny_cohort / "mri_processed" / f"{p}_T1.nii.gz").exists())
     ds = BreastCancerMultiModalDataset(tiny_cohort, split, patch_size=PS)

@@ -124,12 +124,12 @@ def test_mil_input_standardization_is_fitted_on_the_train_split_only(easy_cohort
     def no_slide_reads(*_args, **_kwargs):
         raise AssertionError("viz read patches from a slide although the features are cached")
 
-    original, dataset_mod.read_patches = dataset_mod.read_patches, no_slide_reads
+    original, dataset_mod.PatchSource = dataset_mod.PatchSource, no_slide_reads
     try:
         code = viz_main(["attention-score", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "test",
                          "--data-dir", str(easy_cohort), "--output-dir", str(tmp_path / "figures")])
     finally:
-        dataset_mod.read_patches = original
+        dataset_mod.PatchSource = original
     assert code == 0
     score = json.loads((tmp_path / "attention_score_test.json").read_text())
     assert score["num_slides"] > 0

@@ -10,7 +10,6 @@ from typing import Any, Mapping, Sequence
 import h5py
 import nibabel as nib
 import numpy as np
-import openslide
 import torch
 from torch.utils.data import Dataset
 
@@ -20,7 +19,7 @@ from .augment import Augmentation, build_augmentation
 from .clinical import ClinicalPreprocessor, load_clinical_csv
 from .mri import DEFAULT_OUTPUT_SHAPE, MRIError, processed_path
 from .prepare import mri_processed_dir, tiling_dir
-from .tile import SLIDE_SUFFIXES, load_coords, read_patches
+from .tile import SLIDE_SUFFIXES, PatchSource, load_coords
 
 SPLITS = ("train", "val", "test")
 _SAMPLING_STREAM, _AUGMENT_STREAM = 0, 1
@@ -97,8 +96,8 @@ class BreastCancerMultiModalDataset(Dataset):
         self.feature_dim: int | None = None
         if use_pathology:
             self._index_slides()
-        self._handles: dict[Path, openslide.OpenSlide] = {}
-        self._handles_pid = os.getpid()
+        self._sources: dict[Path, PatchSource] = {}
+        self._sources_pid = os.getpid()
 
     # -- construction ---------------------------------------------------------------------------------------------
     @classmethod
@@ -206,12 +205,12 @@ class BreastCancerMultiModalDataset(Dataset):
         return np.column_stack([rows[:, 0], xy]).astype(np.int64)
 
     # -- item -----------------------------------------------------------------------------------------------------
-    def _handle(self, path: Path) -> openslide.OpenSlide:
-        if self._handles_pid != os.getpid():  # forked into a DataLoader worker: never share handles
-            self._handles, self._handles_pid = {}, os.getpid()
-        if path not in self._handles:
-            self._handles[path] = openslide.OpenSlide(str(path))
-        return self._handles[path]
+    def _source(self, path: Path) -> PatchSource:
+        if self._sources_pid != os.getpid():  # forked into a DataLoader worker: never share handles
+            self._sources, self._sources_pid = {}, os.getpid()
+        if path not in self._sources:
+            self._sources[path] = PatchSource(path, self.level)
+        return self._sources[path]
 
     def _pathology(self, pid: str) -> dict[str, Any]:
         rows = self.sample_rows(pid)
@@ -237,7 +236,7 @@ class BreastCancerMultiModalDataset(Dataset):
         for i, s in enumerate(slides):
             sel = np.nonzero(rows[:, 0] == i)[0]
             if len(sel):
-                bag[sel] = read_patches(self._handle(s.path), coords[sel, 1:], self.patch_size, self.level)
+                bag[sel] = self._source(s.path).read(coords[sel, 1:], self.patch_size)
         if present and self.augment is not None and self.augment.pathology is not None:
             bag = self.augment.pathology(bag, self._rng(pid, _AUGMENT_STREAM))
         item[spec.KEY_PATHOLOGY] = torch.from_numpy(np.ascontiguousarray(bag))
@@ -276,7 +275,7 @@ class BreastCancerMultiModalDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_handles"] = {}
+        state["_sources"] = {}
         return state
 
 

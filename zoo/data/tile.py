@@ -336,7 +336,7 @@ def iter_patch_batches(
     try:
         for _ in range(max(1, min(threads, len(chunks) - 1))):  # opened here: a bad slide raises in the caller
             sources.append(PatchSource(slide_path, level, direct_jpeg))
-        first = sources[0].verify(chunks[0], patch_size)
+        first = sources[0].read(chunks[0], patch_size)  # the first read checks direct decoding (verify)
         for source in sources[1:]:
             source.follow(sources[0])
         if threads == 0:
@@ -369,10 +369,12 @@ class PatchSource:
         plain_grid = direct_jpeg and level == 0 and vendor in DIRECT_JPEG_VENDORS
         self.tiles = JpegTiles.open(slide_path, self.slide.dimensions) if plain_grid else None
         self.direct = False
+        self.checked = self.tiles is None  # direct decoding is decided on the first read
 
     def verify(self, chunk: np.ndarray, patch_size: int) -> np.ndarray:
         """`chunk`'s patches; direct decoding is switched on when its first VERIFY_PATCHES patches are exactly
         OpenSlide's (a different decoder or colour conversion shows on any patch), else OpenSlide reads them."""
+        self.checked = True
         if self.tiles is not None:
             try:
                 patches = self.tiles.read(chunk, patch_size)
@@ -388,11 +390,15 @@ class PatchSource:
 
     def follow(self, verified: "PatchSource") -> None:
         """Take the verdict of another source's `verify` on the same slide."""
+        self.checked = True
         self.direct = verified.direct and self.tiles is not None
         if not self.direct:
             self._drop_tiles()
 
     def read(self, chunk: np.ndarray, patch_size: int) -> np.ndarray:
+        """Patches at `chunk`'s level-0 corners, uint8 [N, 3, P, P]; the first call runs `verify`."""
+        if not self.checked:
+            return self.verify(chunk, patch_size)
         try:
             if self.direct:
                 return self.tiles.read(chunk, patch_size)
