@@ -68,7 +68,7 @@ t0 = time.perf_counter()
 result = {{"ok": True, "message": "", "patches": 0}}
 if args["action"] == "generate":
     from bench.slides import write_bench_slide
-    write_bench_slide(args["slide"], args["size"])
+    write_bench_slide(args["slide"], args["size"], workers=1)  # one process: its peak RSS is the generation's
 else:
     from zoo.data import tile
     r = tile.tile_slide(args["slide"], args["out"], args["patch_size"], overwrite=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.data.files import default_workers
 from zoo.data.synthetic.he_render import SlideRenderer, StainStyle, TumourStyle, make_layout
 from zoo.data.synthetic.svs_writer import TILE, write_svs
 
@@ -38,8 +39,10 @@ def bench_slide_path(folder: Path, side: int, seed: int = 0) -> Path:
     return folder / f"bench_s{seed}_{side}.svs"
 
 
-def write_bench_slide(path: str | Path, width: int, height: int | None = None, seed: int = 0) -> Path:
-    """Write (or reuse) an OpenSlide-readable synthetic H&E slide `width` x `height` px at level 0."""
+def write_bench_slide(path: str | Path, width: int, height: int | None = None, seed: int = 0,
+                      workers: int | None = None) -> Path:
+    """Write (or reuse) an OpenSlide-readable synthetic H&E slide `width` x `height` px at level 0, its tiles
+    rendered in `workers` processes (default: one per core; the same file whatever the number)."""
     path = Path(path)
     height = width if height is None else height
     if path.is_file():
@@ -48,4 +51,4 @@ def write_bench_slide(path: str | Path, width: int, height: int | None = None, s
     layout = make_layout(rng, width, height)
     renderer = SlideRenderer(layout, TumourStyle.from_latent(rng.normal(0, 1, 3)), StainStyle.sample(rng),
                              (seed, width, height))
-    return write_svs(path, width, height, renderer.render)
+    return write_svs(path, width, height, renderer.render, workers=default_workers(workers))

@@ -85,6 +85,19 @@ def test_rendering_is_deterministic_and_seamless():
     assert np.abs(blocks(part) - blocks(whole[256:, 256:])).mean() < 1.5
 
 
+def test_svs_rendered_in_worker_processes_is_the_same_file(tmp_path):
+    from zoo.data.synthetic.svs_writer import write_svs
+
+    rng = np.random.default_rng(4)
+    renderer = SlideRenderer(make_layout(rng, 900, 700), TumourStyle.from_latent(np.zeros(3)), StainStyle.sample(rng),
+                             (4,))
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "pool").mkdir()
+    serial = write_svs(tmp_path / "serial" / "s.svs", 900, 700, renderer.render)  # partial tiles at both edges
+    pooled = write_svs(tmp_path / "pool" / "s.svs", 900, 700, renderer.render, workers=2)
+    assert serial.read_bytes() == pooled.read_bytes()
+
+
 def test_prevalence_and_modality_complementarity():
     """Latent class structure: prevalence near TCGA-BRCA, each modality alone is imperfect, fusion helps."""
     n = 1200

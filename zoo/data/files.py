@@ -1,12 +1,18 @@
-"""Small file helpers shared by the data layer: atomic writes and safe identifiers."""
+"""Small helpers shared by the data layer: atomic writes, safe identifiers, worker counts and ordered pools."""
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import os
 import re
 import tempfile
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 from zoo.atomic import remove_orphaned_temps, temp_prefix  # noqa: F401 - re-exported for the data layer
 
@@ -68,3 +74,27 @@ def default_workers(workers: int | None) -> int:
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (got {workers})")
     return workers
+
+
+def ordered_results(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[tuple[T, R]]:
+    """(item, fn(item)) in the order of `items`, computed in `pool` at most `ahead` items ahead of the consumer.
+
+    The first `ahead` items are submitted now, before the first result is asked for; work still queued when the
+    consumer stops (or a result raises) is cancelled."""
+    upcoming = iter(items)
+    pending = collections.deque((item, pool.submit(fn, item)) for item in itertools.islice(upcoming, ahead))
+
+    def drain() -> Iterator[tuple[T, R]]:
+        try:
+            while pending:
+                item, future = pending.popleft()
+                result = future.result()
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append((following, pool.submit(fn, following)))
+                yield item, result
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    return drain()

@@ -7,8 +7,6 @@ Slides without an mpp are tiled anyway; ``mpp`` is recorded as NaN and the resul
 from __future__ import annotations
 
 import argparse
-import collections
-import itertools
 import math
 import os
 import queue
@@ -25,7 +23,7 @@ from PIL import Image, ImageDraw
 from skimage import color, morphology, util
 from tqdm import tqdm
 
-from .files import atomic_output, default_workers, remove_orphaned_temps
+from .files import atomic_output, default_workers, ordered_results, remove_orphaned_temps
 
 TILING_VERSION = 1
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -434,22 +432,13 @@ def _read_ahead(sources: list[PatchSource], chunks: list[np.ndarray], first: np.
         finally:
             idle.put(source)
 
-    with ThreadPoolExecutor(len(sources), thread_name_prefix="patch-reader") as pool:
-        upcoming = iter(chunks[1:])
-        pending = collections.deque((chunk, pool.submit(read, chunk))
-                                    for chunk in itertools.islice(upcoming, len(sources) + 1))
-        try:
-            yield chunks[0], first
-            while pending:
-                chunk, future = pending.popleft()
-                patches = future.result()
-                following = next(upcoming, None)
-                if following is not None:
-                    pending.append((following, pool.submit(read, following)))
-                yield chunk, patches
-        finally:  # the consumer stopped early or a read failed: drop what is queued
-            for _, future in pending:
-                future.cancel()
+    pool = ThreadPoolExecutor(len(sources), thread_name_prefix="patch-reader")
+    try:
+        rest = ordered_results(pool, read, chunks[1:], len(sources) + 1)  # submitted before `first` is handed over
+        yield chunks[0], first
+        yield from rest
+    finally:  # the consumer stopped early or a read failed: queued reads are dropped, running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

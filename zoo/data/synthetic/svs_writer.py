@@ -1,20 +1,23 @@
 """Aperio-style SVS writer: a tiled JPEG pyramid written tile by tile with tifffile.
 
-Level 0 streams from a tile callback and is never held in memory; each level below is 4x smaller and built
-from block means of the level above (level 1 of a 40,000 px slide is ~300 MB, the largest array held).
+Level 0 streams from a tile callback and is never held in memory (with ``workers`` > 1, rows of tiles are rendered
+in that many processes, at most ``workers + 1`` rows ahead of the writer); each level below is 4x smaller and
+built from block means of the level above (level 1 of a 40,000 px slide is ~300 MB, the largest array held).
 OpenSlide reads the result as vendor ``aperio`` with ``openslide.mpp-x`` and ``aperio.AppMag`` because the
 first page's ImageDescription starts with ``Aperio Image Library`` and lower levels are further tiled pages.
 """
 from __future__ import annotations
 
+import functools
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import tifffile
 
-from ..files import atomic_output
+from ..files import atomic_output, ordered_results
 
 TILE = 256
 LEVEL_FACTOR = 4
@@ -42,6 +45,30 @@ def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
     return image
 
 
+_worker_render: TileFn | None = None
+
+
+def _install_render(render: TileFn) -> None:
+    global _worker_render
+    _worker_render = render
+
+
+def _render_row(y: int, *, width: int) -> list[np.ndarray]:
+    return [_worker_render(x, y, TILE, TILE) for x in range(0, width, TILE)]
+
+
+def _tile_rows(render: TileFn, width: int, height: int, workers: int) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """(y, level-0 tiles of that row) top to bottom; rendered in `workers` processes when > 1 (the renderer is
+    sent to each process once), at most workers + 1 rows ahead."""
+    rows = range(0, height, TILE)
+    if workers <= 1:
+        for y in rows:
+            yield y, [render(x, y, TILE, TILE) for x in range(0, width, TILE)]
+        return
+    with ProcessPoolExecutor(workers, initializer=_install_render, initargs=(render,)) as pool:
+        yield from ordered_results(pool, functools.partial(_render_row, width=width), rows, workers + 1)
+
+
 def write_svs(
     path: str | os.PathLike,
     width: int,
@@ -51,8 +78,10 @@ def write_svs(
     mpp: float = 0.5,
     magnification: float = 20,
     quality: int = 90,
+    workers: int = 1,
 ) -> Path:
-    """Write an OpenSlide-readable pyramid; ``render(x, y, w, h)`` returns RGB uint8 [h, w, 3] at level 0."""
+    """Write an OpenSlide-readable pyramid; ``render(x, y, w, h)`` returns RGB uint8 [h, w, 3] at level 0 (a
+    function of its arguments only: with ``workers`` > 1 tiles are rendered in other processes)."""
     path = Path(path)
     n_levels = 1
     while max(width, height) / LEVEL_FACTOR ** (n_levels - 1) > 2 * MIN_LEVEL_SIZE:
@@ -62,9 +91,8 @@ def write_svs(
         level1 = np.zeros((-(-height // LEVEL_FACTOR), -(-width // LEVEL_FACTOR), 3), np.uint8)
 
     def level0_tiles() -> Iterator[np.ndarray]:
-        for y in range(0, height, TILE):
-            for x in range(0, width, TILE):
-                tile = render(x, y, TILE, TILE)
+        for y, row in _tile_rows(render, width, height, workers):
+            for x, tile in zip(range(0, width, TILE), row):
                 if level1 is not None:
                     small = _downsample(tile, LEVEL_FACTOR)
                     ly, lx = y // LEVEL_FACTOR, x // LEVEL_FACTOR
