@@ -31,8 +31,9 @@ BENCH_LARGE=1 uv run pytest bench --benchmark-only -k memory                   #
 
 Stages per slide: tiling (read + tissue detection + grid), patch reading (the data-loading ceiling: every patch
 through OpenSlide in one thread, level-0 JPEG tiles decoded directly in one thread, and in the reader threads the
-end-to-end pipeline uses), patch encoding, MIL + fusion, end to end from the SVS file to probabilities, the seed tutorial's PNG-per-patch
-baseline, Triton vs in-process on the comparison slide, memory per slide size, and the 16-client load test.
+end-to-end pipeline uses), patch encoding, MIL + fusion, end to end from the SVS file to probabilities, the seed
+tutorial's PNG-per-patch baseline, Triton vs in-process on the comparison slide, memory per slide size, and the
+16-client load test.
 The seed baseline is timed in rounds interleaved with our end-to-end engines (each baseline round right after
 one run of each), and its speedup targets are medians of the per-round ratios, so load drift on a shared
 machine hits both sides alike; eager fp32 patch encoding is timed the same way against onnxruntime fp32 and
