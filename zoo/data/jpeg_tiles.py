@@ -17,14 +17,16 @@ JPEG = 7  # TIFF Compression tag value
 
 
 class JpegTiles:
-    """One reader's handle on level 0 (not thread-safe: one per thread)."""
+    """One reader's handle on level 0 (not thread-safe: one per thread). The TIFF's tile index is parsed once; the
+    file is opened only while a batch is read, so a dataset caching one reader per slide holds no descriptors."""
 
-    def __init__(self, tif, page):
-        self._tif, self._page = tif, page
+    def __init__(self, path: Path, page):
+        self.path = path
         self.width, self.height = int(page.imagewidth), int(page.imagelength)
         self.tile_w, self.tile_h = int(page.tilewidth), int(page.tilelength)
         self._across = -(-self.width // self.tile_w)
-        self._decode = page.decode
+        self._offsets, self._counts = page.dataoffsets, page.databytecounts
+        self._jpegtables, self._decode = page.jpegtables, page.decode
 
     @classmethod
     def open(cls, path: str | os.PathLike, dimensions: tuple[int, int]) -> "JpegTiles | None":
@@ -36,26 +38,22 @@ class JpegTiles:
             tif = tifffile.TiffFile(Path(path))
         except Exception:  # noqa: BLE001 - not a TIFF tifffile reads (e.g. .mrxs): OpenSlide reads it
             return None
-        page = tif.pages[0] if len(tif.pages) else None
-        if (page is None or not page.is_tiled or page.compression != JPEG or page.samplesperpixel != 3
-                or page.bitspersample != 8 or page.planarconfig != 1 or page.imagedepth != 1
-                or (page.imagewidth, page.imagelength) != tuple(dimensions)):
-            tif.close()
-            return None
-        return cls(tif, page)
+        with tif:
+            page = tif.pages[0] if len(tif.pages) else None
+            if (page is None or not page.is_tiled or page.compression != JPEG or page.samplesperpixel != 3
+                    or page.bitspersample != 8 or page.planarconfig != 1 or page.imagedepth != 1
+                    or (page.imagewidth, page.imagelength) != tuple(dimensions)):
+                return None
+            return cls(Path(path), page)
 
-    def close(self) -> None:
-        self._tif.close()
-
-    def _tile(self, tx: int, ty: int) -> np.ndarray | None:
+    def _tile(self, handle, tx: int, ty: int) -> np.ndarray | None:
         """Decoded tile (its part inside the image), or None where the file has no data for it."""
         index = ty * self._across + tx
-        count = int(self._page.databytecounts[index])
+        count = int(self._counts[index])
         if count == 0:
             return None
-        handle = self._tif.filehandle
-        handle.seek(int(self._page.dataoffsets[index]))
-        segment = self._decode(handle.read(count), index, jpegtables=self._page.jpegtables)[0]
+        handle.seek(int(self._offsets[index]))
+        segment = self._decode(handle.read(count), index, jpegtables=self._jpegtables)[0]
         h = min(self.tile_h, self.height - ty * self.tile_h)
         w = min(self.tile_w, self.width - tx * self.tile_w)
         return segment.reshape(self.tile_h, self.tile_w, 3)[:h, :w]
@@ -65,20 +63,21 @@ class JpegTiles:
         Each tile is decoded once per call (patches of one batch sharing a tile share the decode)."""
         out = np.full((len(coords), 3, patch_size, patch_size), 255, np.uint8)
         tiles: dict[tuple[int, int], np.ndarray | None] = {}
-        for i, (x, y) in enumerate(np.asarray(coords, np.int64).reshape(-1, 2)):
-            x0, y0 = max(int(x), 0), max(int(y), 0)
-            x1, y1 = min(int(x) + patch_size, self.width), min(int(y) + patch_size, self.height)
-            for ty in range(y0 // self.tile_h, -(-y1 // self.tile_h)):
-                for tx in range(x0 // self.tile_w, -(-x1 // self.tile_w)):
-                    if (tx, ty) not in tiles:
-                        tiles[tx, ty] = self._tile(tx, ty)
-                    tile = tiles[tx, ty]
-                    if tile is None:
-                        continue
-                    left, top = tx * self.tile_w, ty * self.tile_h
-                    ax, ay = max(x0, left), max(y0, top)
-                    bx, by = min(x1, left + tile.shape[1]), min(y1, top + tile.shape[0])
-                    if bx > ax and by > ay:
-                        out[i, :, ay - int(y):by - int(y), ax - int(x):bx - int(x)] = \
-                            tile[ay - top:by - top, ax - left:bx - left].transpose(2, 0, 1)
+        with open(self.path, "rb") as handle:
+            for i, (x, y) in enumerate(np.asarray(coords, np.int64).reshape(-1, 2)):
+                x0, y0 = max(int(x), 0), max(int(y), 0)
+                x1, y1 = min(int(x) + patch_size, self.width), min(int(y) + patch_size, self.height)
+                for ty in range(y0 // self.tile_h, -(-y1 // self.tile_h)):
+                    for tx in range(x0 // self.tile_w, -(-x1 // self.tile_w)):
+                        if (tx, ty) not in tiles:
+                            tiles[tx, ty] = self._tile(handle, tx, ty)
+                        tile = tiles[tx, ty]
+                        if tile is None:
+                            continue
+                        left, top = tx * self.tile_w, ty * self.tile_h
+                        ax, ay = max(x0, left), max(y0, top)
+                        bx, by = min(x1, left + tile.shape[1]), min(y1, top + tile.shape[0])
+                        if bx > ax and by > ay:
+                            out[i, :, ay - int(y):by - int(y), ax - int(x):bx - int(x)] = \
+                                tile[ay - top:by - top, ax - left:bx - left].transpose(2, 0, 1)
         return out

@@ -355,7 +355,7 @@ DIRECT_JPEG_VENDORS = frozenset({"aperio", "generic-tiff"})
 
 class PatchSource:
     """One reader's handles on a slide: OpenSlide, and for level-0 patches of a tiled JPEG TIFF the tiles decoded
-    directly (zoo.data.jpeg_tiles.JpegTiles, 2-5x faster), used only once `verify` saw them match OpenSlide's
+    directly (zoo.data.jpeg_tiles.JpegTiles, 2-5x faster), kept only once `verify` saw them match OpenSlide's
     pixels exactly on a real batch. Not thread-safe: one per reader thread."""
 
     def __init__(self, slide_path: str | os.PathLike, level: int, direct_jpeg: bool = True):
@@ -366,39 +366,45 @@ class PatchSource:
         vendor = self.slide.properties.get(openslide.PROPERTY_NAME_VENDOR)
         plain_grid = direct_jpeg and level == 0 and vendor in DIRECT_JPEG_VENDORS
         self.tiles = JpegTiles.open(slide_path, self.slide.dimensions) if plain_grid else None
-        self.direct = False
         self.checked = self.tiles is None  # direct decoding is decided on the first read
 
+    @property
+    def direct(self) -> bool:
+        return self.checked and self.tiles is not None
+
     def verify(self, chunk: np.ndarray, patch_size: int) -> np.ndarray:
-        """`chunk`'s patches; direct decoding is switched on when its first VERIFY_PATCHES patches are exactly
+        """`chunk`'s patches; direct decoding is kept when its first VERIFY_PATCHES patches are exactly
         OpenSlide's (a different decoder or colour conversion shows on any patch), else OpenSlide reads them."""
         self.checked = True
         if self.tiles is not None:
             try:
                 patches = self.tiles.read(chunk, patch_size)
-                self.direct = np.array_equal(patches[:VERIFY_PATCHES], self.read(chunk[:VERIFY_PATCHES], patch_size))
+                same = np.array_equal(patches[:VERIFY_PATCHES],
+                                      self._read(chunk[:VERIFY_PATCHES], patch_size, direct=False))
             except TilingError:
                 raise
             except Exception:  # noqa: BLE001 - a tile tifffile cannot decode: OpenSlide reads this slide
-                self.direct = False
-            if self.direct:
+                same = False
+            if same:
                 return patches
-            self._drop_tiles()
-        return self.read(chunk, patch_size)
+            self.tiles = None
+        return self._read(chunk, patch_size, direct=False)
 
     def follow(self, verified: "PatchSource") -> None:
         """Take the verdict of another source's `verify` on the same slide."""
         self.checked = True
-        self.direct = verified.direct and self.tiles is not None
-        if not self.direct:
-            self._drop_tiles()
+        if not verified.direct:
+            self.tiles = None
 
     def read(self, chunk: np.ndarray, patch_size: int) -> np.ndarray:
         """Patches at `chunk`'s level-0 corners, uint8 [N, 3, P, P]; the first call runs `verify`."""
         if not self.checked:
             return self.verify(chunk, patch_size)
+        return self._read(chunk, patch_size, direct=self.tiles is not None)
+
+    def _read(self, chunk: np.ndarray, patch_size: int, direct: bool) -> np.ndarray:
         try:
-            if self.direct:
+            if direct:
                 return self.tiles.read(chunk, patch_size)
             return read_patches(self.slide, chunk, patch_size, self.level)
         except Exception as e:  # noqa: BLE001 - OpenSlide, libjpeg or I/O: all mean the same to the caller
@@ -407,13 +413,7 @@ class PatchSource:
                               f"({type(e).__name__}: {e}); the file may be truncated or corrupt: re-copy or "
                               "re-export it") from e
 
-    def _drop_tiles(self) -> None:
-        if self.tiles is not None:
-            self.tiles.close()
-            self.tiles = None
-
     def close(self) -> None:
-        self._drop_tiles()
         self.slide.close()
 
 
