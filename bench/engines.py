@@ -2,8 +2,10 @@
 
 In-process engines run the exported parts (export.parts) through a runner per part -- PyTorch eager (the parts
 themselves), TorchScript and onnxruntime (export.formats runners of the written files). Triton engines go through
-the real server with triton_repo's client. `ENGINES` maps an engine name to how it is built; CUDA-only engines
-carry `needs_cuda` so the benchmarks skip them with a reason on machines without a GPU.
+the real server with triton_repo's client. `IN_PROCESS_ENGINES` maps an engine name to how it is built; CUDA-only
+engines carry `needs_cuda` so the benchmarks skip them with a reason on machines without a GPU, and those whose code
+also runs on the CPU (`cpu_rehearsal`) are run once there by CI, for parity only, so they cannot rot before a GPU
+run. An engine that cannot run here raises `EngineUnavailable` with the reason instead of quietly running elsewhere.
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ from triton_repo import inputs as tinputs
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 BAG_PARTS: tuple[type[Part], ...] = (PatchEncoderPart, MilPoolPart, ClinicalEncoderPart, FusionHeadPart)
+
+
+class EngineUnavailable(RuntimeError):
+    """This machine cannot run the engine; the message says why and what would make it run."""
 
 
 @dataclass
@@ -137,11 +143,21 @@ def file_engine(bm: BenchModel, fmt, name: str, providers: list[str] | None = No
 
 
 def onnx_runner(path: Path, signature, providers: list[str]) -> Runner:
+    """An onnxruntime session on `providers`, the first of which must be the one that runs: onnxruntime itself
+    falls back to the next provider with only a log line (the CPU package has no CUDA provider, and the CUDA
+    provider falls back when its libraries do not load), which would time the CPU under the CUDA engine's name."""
     import onnxruntime as ort
 
+    wanted = providers[0]
+    if wanted not in ort.get_available_providers():
+        raise EngineUnavailable(f"onnxruntime {ort.__version__} here offers {ort.get_available_providers()}, not "
+                                f"{wanted}; install onnxruntime-gpu (matching this CUDA) for it")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=providers)
+    if session.get_providers()[0] != wanted:
+        raise EngineUnavailable(f"onnxruntime could not start {wanted} for {path.name} (it ran on "
+                                f"{session.get_providers()}); its CUDA/cuDNN libraries did not load")
     outputs = [o.name for o in session.get_outputs()]
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -153,8 +169,9 @@ def onnx_runner(path: Path, signature, providers: list[str]) -> Runner:
 @dataclass(frozen=True)
 class EngineSpec:
     build: Callable[[BenchModel], InProcessEngine]
-    needs_cuda: bool = False
-    needs_triton: bool = False
+    needs_cuda: bool = False     # timed only on a CUDA device
+    cpu_rehearsal: bool = False  # CUDA-only, but its code runs on the CPU too (autocast, channels_last, compile)
+    needs_compiler: bool = False  # torch.compile: inductor builds C++ on the CPU
 
 
 IN_PROCESS_ENGINES: dict[str, EngineSpec] = {
@@ -165,12 +182,14 @@ IN_PROCESS_ENGINES: dict[str, EngineSpec] = {
     "onnxruntime_cpu_int8": EngineSpec(
         lambda bm: file_engine(bm, OnnxFormat(), "onnxruntime_cpu_int8", export="onnx_int8")),
     "pytorch_bf16_channels_last": EngineSpec(
-        lambda bm: eager_engine(bm, torch.bfloat16, True, name="pytorch_bf16_channels_last"), needs_cuda=True),
+        lambda bm: eager_engine(bm, torch.bfloat16, True, name="pytorch_bf16_channels_last"), needs_cuda=True,
+        cpu_rehearsal=True),
     "pytorch_fp16_channels_last": EngineSpec(
-        lambda bm: eager_engine(bm, torch.float16, True, name="pytorch_fp16_channels_last"), needs_cuda=True),
+        lambda bm: eager_engine(bm, torch.float16, True, name="pytorch_fp16_channels_last"), needs_cuda=True,
+        cpu_rehearsal=True),
     "pytorch_compile_bf16": EngineSpec(
         lambda bm: eager_engine(bm, torch.bfloat16, True, compile=True, name="pytorch_compile_bf16"),
-        needs_cuda=True),
+        needs_cuda=True, cpu_rehearsal=True, needs_compiler=True),
     "onnxruntime_cuda": EngineSpec(
         lambda bm: file_engine(bm, OnnxFormat(), "onnxruntime_cuda",
                                providers=["CUDAExecutionProvider", "CPUExecutionProvider"]), needs_cuda=True),

@@ -87,10 +87,11 @@ def seed_style(model: torch.nn.Module, slide: Path, workdir: Path, tiling: Tilin
             paths.append(path)
     tensors = [torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255.0
                for p in paths]
-    batch = {spec.KEY_PATHOLOGY: torch.stack(tensors)[None]}
+    device = next(model.parameters()).device
+    batch = {spec.KEY_PATHOLOGY: torch.stack(tensors)[None].to(device)}
     if "clinical" in model.modalities:
-        batch[spec.KEY_CLINICAL] = torch.from_numpy(clinical[None].astype(np.float32))
+        batch[spec.KEY_CLINICAL] = torch.from_numpy(clinical[None].astype(np.float32)).to(device)
     with torch.no_grad():
         logits, _ = model(batch)
     shutil.rmtree(patch_dir, ignore_errors=True)
-    return torch.softmax(logits, -1)[0].numpy()
+    return torch.softmax(logits, -1)[0].cpu().numpy()

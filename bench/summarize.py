@@ -27,7 +27,15 @@ uv run pytest bench --benchmark-only --benchmark-json bench/results/cpu.json   #
 uv run python -m bench.summarize bench/results/cpu.json                        # regenerate this README
 uv run pytest bench --benchmark-disable                                        # CI: every case once, small sizes
 BENCH_LARGE=1 uv run pytest bench --benchmark-only -k memory                   # + a 40,000 x 40,000 px slide
+bench/offline_gpu.sh wheels .whl && bench/offline_gpu.sh run .whl out          # the CUDA cases on a GPU host (below)
 ```
+
+On a CUDA host (the `cuda` profile: ResNet-50 at 224 px, 256-px patches, a 10,000-patch slide, every core
+reading) the bench adds PyTorch bf16/fp16 channels_last, `torch.compile` and onnxruntime CUDA (only when its CUDA
+provider really starts: onnxruntime's silent fallback to the CPU is refused), the encoder's FLOP/s against the
+bf16 matmul peak measured in the same run, and the 10,000-patch slide end to end. `bench/offline_gpu.sh` runs
+those cases with the host's own PyTorch and no package index (the wheels it lacks travel with it). Without CUDA
+they skip with the reason; CI runs them once on the CPU (`--benchmark-disable`), untimed, so they cannot rot.
 
 Stages per slide: tiling (read + tissue detection + grid), patch reading (the data-loading ceiling: every patch
 through OpenSlide in one thread, level-0 JPEG tiles decoded directly in one thread, and in the reader threads the

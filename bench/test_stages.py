@@ -81,7 +81,7 @@ def test_seed_baseline(benchmark, bench_model, engines, stage_slide, tiling, cli
 
     Each timed baseline round is preceded by one end-to-end run of each of our engines (bench.timing.interleaved),
     so the speedup reported is the median of the per-round ratios."""
-    ours = {name: engines.get(name) for name in SPEEDUP_ENGINES if engines.available(name)}
+    ours = {name: engine for name in SPEEDUP_ENGINES if (engine := engines.find(name)) is not None}
     runs = {name: (lambda e=engine, n=name: end_to_end(e, stage_slide.path, workdir / f"tiles_{n}", tiling, clinical))
             for name, engine in ours.items()}
     run = lambda: seed_style(bench_model.model, stage_slide.path, workdir / "seed_baseline", tiling, clinical)  # noqa: E731

@@ -72,3 +72,19 @@ def test_reader_speedup_compares_the_pipelines_reader_with_openslide_in_one_thre
     assert value == 3.2 and "4 reader threads" in how and "OpenSlide only" in how
     assert summarize.reader_speedup(True)(summarize.groups({"benchmarks": [
         _bench("patch reading", "caller's thread, OpenSlide only", 0.4, reader_threads=0, direct_jpeg=False)]}))[0] is None
+
+
+def test_gpu_targets_read_the_cuda_rows():
+    """The rows a CUDA run writes (bench/test_gpu.py) fill the two H100 targets: fastest engine, fraction of peak."""
+    grouped = summarize.groups({"benchmarks": [
+        _bench("GPU: large slide end to end", "pytorch_bf16_channels_last", 1.8, patches=10_000),
+        _bench("GPU: large slide end to end", "pytorch_compile_bf16", 1.2, patches=10_000),
+        _bench("GPU: encoder FLOP/s", "pytorch_bf16_channels_last", 0.5, encoder_fraction_of_peak=0.25,
+               peak_dtype="bf16", encoder_over_reader=0.8)]})
+    targets = {t.text: t for t in summarize.TARGETS}
+    slide = targets["H100: 10,000-patch slide <= 1.5 s end to end"]
+    value, how = slide.measure(grouped)
+    assert value == 1.2 and "pytorch_compile_bf16" in how and "10000 patches" in how and slide.met(value)
+    peak = targets["H100: encoder >= 30 % of bf16 peak"]
+    value, how = peak.measure(grouped)
+    assert value == 25.0 and not peak.met(value) and "0.80x the reader" in how
