@@ -131,6 +131,8 @@ def file_engine(bm: BenchModel, fmt, name: str, providers: list[str] | None = No
 
     from export.manifest import MANIFEST_NAME
 
+    if providers is not None:
+        require_provider(providers[0])  # before the export is written: that can take a minute for ResNet-50
     directory = bm.exports[export or fmt.name]
     manifest = json.loads((directory / MANIFEST_NAME).read_text())
     runners = {}
@@ -142,22 +144,29 @@ def file_engine(bm: BenchModel, fmt, name: str, providers: list[str] | None = No
     return InProcessEngine(name, runners, bm.geometry.modalities)
 
 
+def require_provider(name: str) -> str:
+    """`name` if this onnxruntime package has that execution provider, else `EngineUnavailable`."""
+    import onnxruntime as ort
+
+    if name not in ort.get_available_providers():
+        raise EngineUnavailable(f"onnxruntime {ort.__version__} here offers {ort.get_available_providers()}, not "
+                                f"{name}; install onnxruntime-gpu (matching this CUDA) for it")
+    return name
+
+
 def onnx_runner(path: Path, signature, providers: list[str]) -> Runner:
     """An onnxruntime session on `providers`, the first of which must be the one that runs: onnxruntime itself
     falls back to the next provider with only a log line (the CPU package has no CUDA provider, and the CUDA
     provider falls back when its libraries do not load), which would time the CPU under the CUDA engine's name."""
     import onnxruntime as ort
 
-    wanted = providers[0]
-    if wanted not in ort.get_available_providers():
-        raise EngineUnavailable(f"onnxruntime {ort.__version__} here offers {ort.get_available_providers()}, not "
-                                f"{wanted}; install onnxruntime-gpu (matching this CUDA) for it")
+    wanted = require_provider(providers[0])
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=providers)
     if session.get_providers()[0] != wanted:
         raise EngineUnavailable(f"onnxruntime could not start {wanted} for {path.name} (it ran on "
-                                f"{session.get_providers()}); its CUDA/cuDNN libraries did not load")
+                                f"{session.get_providers()}): the provider failed to start, e.g. its CUDA/cuDNN libraries did not load")
     outputs = [o.name for o in session.get_outputs()]
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -9,7 +9,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from bench.engines import EngineUnavailable, onnx_runner
+from bench.conftest import LazyExports
+from bench.engines import EngineUnavailable, file_engine, onnx_runner
+from export.formats import OnnxFormat
 
 SIGNATURE = SimpleNamespace(input_names=["x"])
 
@@ -39,3 +41,13 @@ def test_cuda_provider_falling_back_to_the_cpu_is_refused(identity_onnx):
     """Without a GPU, onnxruntime-gpu lists the CUDA provider but a session on it runs on the CPU."""
     with pytest.raises(EngineUnavailable, match="CUDAExecutionProvider"):
         onnx_runner(identity_onnx, SIGNATURE, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_missing_provider_is_found_before_the_export_is_written():
+    """On a GPU host whose onnxruntime lacks the CUDA provider, no time goes into exporting ResNet-50 first."""
+    def export(key):
+        pytest.fail(f"the {key} export was written for an engine that cannot run")
+
+    model = SimpleNamespace(exports=LazyExports(export))
+    with pytest.raises(EngineUnavailable, match="NoSuchExecutionProvider"):
+        file_engine(model, OnnxFormat(), "onnxruntime_nosuch", providers=["NoSuchExecutionProvider"])
