@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 from bench.engines import (IN_PROCESS_ENGINES, TRITON_ENGINES, BenchModel,  # noqa: E402
                            EngineUnavailable, TritonEngine)
 from bench.pipeline import Tiling, chunks, read_all_patches, tile_coords  # noqa: E402
-from bench.slides import bench_slide_path, side_for_patches, write_bench_slide  # noqa: E402
+from bench.slides import bench_slide_path, side_for_patches, sized_slide, write_bench_slide  # noqa: E402
 
 CALIBRATION_SLIDE_SEED = 1  # int8 calibration patches come from a slide that is never timed
 CALIBRATION_PATCHES = 128
@@ -38,7 +38,7 @@ LARGE_SLIDE_PX = 40_000
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes of one bench mode: slides are sized for a number of tissue patches (bench.slides.side_for_patches)."""
+    """Sizes of one bench mode: slides are sized for a number of tissue patches (bench.slides.sized_slide)."""
     name: str
     recipe: str
     stage_patches: int           # a few hundred patches: per-stage and per-engine timings
@@ -238,8 +238,8 @@ def _slide_data(path: Path, workdir: Path, tiling: Tiling, engines, clinical: np
 
 
 def _sized_slide(patches: int, slide_cache: Path, workdir: Path, tiling: Tiling, engines, clinical) -> SlideData:
-    side = side_for_patches(patches, tiling.patch_size)
-    path = write_bench_slide(bench_slide_path(slide_cache, side), side)
+    path, _ = sized_slide(slide_cache, patches, tiling.patch_size,
+                          lambda slide: len(tile_coords(slide, workdir / "tiles", tiling)))
     return _slide_data(path, workdir, tiling, engines, clinical)
 
 
