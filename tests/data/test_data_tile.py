@@ -219,3 +219,39 @@ def test_levels_above_zero_and_other_compressions_read_through_openslide(tmp_pat
     assert tile.PatchSource(svs, 1).tiles is None
     got = next(tile.iter_patch_batches(svs, np.array([[0, 0], [512, 512]]), 64, 1, batch_size=2))[1]
     np.testing.assert_array_equal(got, expected)
+
+
+def _thumbnail_slides(tiny_cohort, tmp_path):
+    generic = tmp_path / "g.tif"
+    tifffile.imwrite(generic, _noise(0, 0, 700, 500), tile=(128, 128), photometric="rgb", compression="jpeg")
+    return {"cohort": sorted((tiny_cohort / "wsi_raw").glob("*.svs"))[0],  # pyramidal: a level above 0 is shrunk
+            "svs_partial_tiles": write_svs(tmp_path / "s.svs", 2100, 1500, _noise),
+            "generic_tiff": generic}
+
+
+@pytest.mark.parametrize("kind", ["cohort", "svs_partial_tiles", "generic_tiff"])
+def test_thumbnail_decoded_directly_is_openslides(tiny_cohort, tmp_path, monkeypatch, kind):
+    path = _thumbnail_slides(tiny_cohort, tmp_path)[kind]
+    with openslide.OpenSlide(str(path)) as s:
+        expected = np.asarray(s.get_thumbnail((300, 300)).convert("RGB"))
+        monkeypatch.setattr(openslide.OpenSlide, "get_thumbnail", lambda *a: pytest.fail("read through OpenSlide"))
+        np.testing.assert_array_equal(tile.read_thumbnail(s, path, 300), expected)
+
+
+def test_thumbnail_falls_back_to_openslide_when_the_decode_disagrees(tiny_cohort, tmp_path, monkeypatch):
+    from zoo.data import jpeg_tiles
+    path = _thumbnail_slides(tiny_cohort, tmp_path)["svs_partial_tiles"]
+    region = jpeg_tiles.JpegTiles.region
+
+    def off_by_one_inside(self, x, y, w, h):  # the corner window still matches: the centre one must catch it
+        pixels = region(self, x, y, w, h)
+        pixels[h // 2, w // 2] ^= 1
+        return pixels
+
+    monkeypatch.setattr(jpeg_tiles.JpegTiles, "region", off_by_one_inside)
+    with openslide.OpenSlide(str(path)) as s:
+        expected = np.asarray(s.get_thumbnail((300, 300)).convert("RGB"))
+        calls, get_thumbnail = [], openslide.OpenSlide.get_thumbnail
+        monkeypatch.setattr(openslide.OpenSlide, "get_thumbnail", lambda *a: calls.append(a) or get_thumbnail(*a))
+        np.testing.assert_array_equal(tile.read_thumbnail(s, path, 300), expected)
+    assert len(calls) == 1, "the disagreeing decode was used"
