@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.checks import assert_probabilities_close
-from bench.conftest import IN_PROCESS_ENGINES, rehearsal, tolerance
+from bench.conftest import IN_PROCESS_ENGINES, rehearsal, tolerance  # noqa: F401 - rehearsal: in pytestmark
 from bench.pipeline import end_to_end
 from bench.roofline import encoder_flops_per_patch, matmul_peak, reader_tiles_per_s, roofline_info
 from bench.timing import measure
@@ -16,11 +16,10 @@ CUDA_ENGINES = [name for name, spec_ in IN_PROCESS_ENGINES.items() if spec_.need
 FLOP_ENGINE = "pytorch_bf16_channels_last"
 
 
-@pytest.fixture(autouse=True)
-def cuda_or_rehearsal(request):
-    if not (torch.cuda.is_available() or rehearsal(request.config)):
-        pytest.skip("needs a CUDA device; none on this machine (torch.cuda.is_available() is False); CI runs it once "
-                    "on the CPU (--benchmark-disable)")
+# Decided at collection (a string condition sees `config`), so a skipped case builds none of its session fixtures.
+pytestmark = pytest.mark.skipif("not (torch.cuda.is_available() or rehearsal(config))",
+                                reason="needs a CUDA device; none on this machine (torch.cuda.is_available() is False); "
+                                       "CI runs it once on the CPU (--benchmark-disable)")
 
 
 def test_encoder_flops(benchmark, engines, bench_model, stage_slide, tiling, profile):
