@@ -221,6 +221,12 @@ def test_levels_above_zero_and_other_compressions_read_through_openslide(tmp_pat
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.fixture
+def direct_small_thumbnails(monkeypatch):
+    """These slides' thumbnail levels are below the size where decoding directly pays off: decode them anyway."""
+    monkeypatch.setattr(tile, "DIRECT_THUMBNAIL_MIN_PX", 0)
+
+
 def _thumbnail_slides(tiny_cohort, tmp_path):
     generic = tmp_path / "g.tif"
     tifffile.imwrite(generic, _noise(0, 0, 700, 500), tile=(128, 128), photometric="rgb", compression="jpeg")
@@ -230,7 +236,7 @@ def _thumbnail_slides(tiny_cohort, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["cohort", "svs_partial_tiles", "generic_tiff"])
-def test_thumbnail_decoded_directly_is_openslides(tiny_cohort, tmp_path, monkeypatch, kind):
+def test_thumbnail_decoded_directly_is_openslides(tiny_cohort, tmp_path, monkeypatch, kind, direct_small_thumbnails):
     path = _thumbnail_slides(tiny_cohort, tmp_path)[kind]
     with openslide.OpenSlide(str(path)) as s:
         expected = np.asarray(s.get_thumbnail((300, 300)).convert("RGB"))
@@ -238,7 +244,8 @@ def test_thumbnail_decoded_directly_is_openslides(tiny_cohort, tmp_path, monkeyp
         np.testing.assert_array_equal(tile.read_thumbnail(s, path, 300), expected)
 
 
-def test_thumbnail_falls_back_to_openslide_when_the_decode_disagrees(tiny_cohort, tmp_path, monkeypatch):
+def test_thumbnail_falls_back_to_openslide_when_the_decode_disagrees(tiny_cohort, tmp_path, monkeypatch,
+                                                                     direct_small_thumbnails):
     from zoo.data import jpeg_tiles
     path = _thumbnail_slides(tiny_cohort, tmp_path)["svs_partial_tiles"]
     region = jpeg_tiles.JpegTiles.region

@@ -32,6 +32,8 @@ THUMBNAIL_MIN = 512
 VERIFY_PATCHES = 16
 # Formats whose levels are each one plain grid of TIFF tiles; others (e.g. Ventana's overlapping tiles) need OpenSlide.
 DIRECT_JPEG_VENDORS = frozenset({"aperio", "generic-tiff"})
+THUMBNAIL_CHECK_PX = 256  # side of the two windows a directly decoded thumbnail level is checked on
+DIRECT_THUMBNAIL_MIN_PX = 16 * THUMBNAIL_CHECK_PX ** 2  # below, OpenSlide reads the level about as fast as the check
 THUMBNAIL_PX_PER_PATCH = 8  # tissue fraction of a patch is measured on at least 8x8 thumbnail pixels
 SATURATION_THRESHOLD = 0.1
 MIN_OBJECT_FRACTION = 1.25e-4  # the seed's 500 px at a 2000 x 2000 thumbnail, scaled to the thumbnail's area
@@ -125,7 +127,8 @@ def read_thumbnail(slide: openslide.OpenSlide, slide_path: str | os.PathLike, si
     level = slide.get_best_level_for_downsample(max(d / side for d in slide.dimensions))
     size = slide.level_dimensions[level]
     tiles = None
-    if (direct_jpeg and slide.properties.get(openslide.PROPERTY_NAME_VENDOR) in DIRECT_JPEG_VENDORS
+    if (direct_jpeg and size[0] * size[1] >= DIRECT_THUMBNAIL_MIN_PX
+            and slide.properties.get(openslide.PROPERTY_NAME_VENDOR) in DIRECT_JPEG_VENDORS
             and slide.properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR, "ffffff").lower() == "ffffff"):
         tiles = JpegTiles.open(slide_path, size)
     if tiles is not None:
@@ -140,7 +143,8 @@ def read_thumbnail(slide: openslide.OpenSlide, slide_path: str | os.PathLike, si
     return np.asarray(slide.get_thumbnail((side, side)).convert("RGB"))
 
 
-def _matches_openslide(slide: openslide.OpenSlide, level: int, pixels: np.ndarray, window: int = 512) -> bool:
+def _matches_openslide(slide: openslide.OpenSlide, level: int, pixels: np.ndarray,
+                       window: int = THUMBNAIL_CHECK_PX) -> bool:
     """Whether `pixels` (all of `level`) equal OpenSlide's on white at the top-left corner and the centre."""
     height, width = pixels.shape[:2]
     w, h = min(window, width), min(window, height)
