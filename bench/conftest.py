@@ -276,6 +276,14 @@ def triton_engines(triton_server, bench_model, tiling):
         engine.close()
 
 
+def _can_build_cpp() -> bool:
+    """What inductor needs to compile for the CPU: a C++ compiler and this interpreter's headers."""
+    import sysconfig
+
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return bool(shutil.which("g++") or shutil.which("c++")) and headers.is_file()
+
+
 class Engines:
     """Engines built on first use and reused for the session; ones this machine cannot run skip with the reason.
     In a rehearsal (see `rehearsal`) the CUDA-only engines whose code runs on the CPU are built on the CPU."""
@@ -309,8 +317,9 @@ class Engines:
             if not (self.rehearsal and spec.cpu_rehearsal):
                 raise EngineUnavailable("needs a CUDA device; none on this machine (torch.cuda.is_available() is "
                                         "False)")
-            if spec.needs_compiler and not (shutil.which("g++") or shutil.which("c++")):
-                raise EngineUnavailable("its CPU rehearsal needs a C++ compiler for torch.compile; none on PATH")
+            if spec.needs_compiler and not _can_build_cpp():
+                raise EngineUnavailable("its CPU rehearsal needs a C++ compiler on PATH and Python's headers for "
+                                        "torch.compile; this machine lacks one of them")
         return spec.build(self.bench_model)
 
     def close(self) -> None:
