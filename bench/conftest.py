@@ -228,8 +228,7 @@ class SlideData:
         return chunks(self.patches, size)
 
 
-def _slide_data(path: Path, workdir: Path, tiling: Tiling, engines, clinical: np.ndarray) -> SlideData:
-    coords = tile_coords(path, workdir / "tiles", tiling)
+def _slide_data(path: Path, coords: np.ndarray, tiling: Tiling, engines, clinical: np.ndarray) -> SlideData:
     patches = read_all_patches(path, coords, tiling)
     eager = engines.get("pytorch_eager_fp32")
     features = eager.encode(chunks(patches, tiling.batch_size))
@@ -238,9 +237,14 @@ def _slide_data(path: Path, workdir: Path, tiling: Tiling, engines, clinical: np
 
 
 def _sized_slide(patches: int, slide_cache: Path, workdir: Path, tiling: Tiling, engines, clinical) -> SlideData:
-    path, _ = sized_slide(slide_cache, patches, tiling.patch_size,
-                          lambda slide: len(tile_coords(slide, workdir / "tiles", tiling)))
-    return _slide_data(path, workdir, tiling, engines, clinical)
+    tiled: dict[Path, np.ndarray] = {}  # the sizing's tiling, kept for the slide it settles on
+
+    def count(slide: Path) -> int:
+        tiled[slide] = tile_coords(slide, workdir / "tiles", tiling)
+        return len(tiled[slide])
+
+    path, _ = sized_slide(slide_cache, patches, tiling.patch_size, count)
+    return _slide_data(path, tiled[path], tiling, engines, clinical)
 
 
 @pytest.fixture(scope="session")

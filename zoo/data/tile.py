@@ -117,20 +117,28 @@ def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
     return saturation
 
 
+def direct_tiles(slide: openslide.OpenSlide, slide_path: str | os.PathLike, level: int):
+    """A `JpegTiles` reader for `level` when the slide's format lays each level out as one plain grid of JPEG
+    tiles (DIRECT_JPEG_VENDORS) and that level's page is tiled JPEG RGB; else None (OpenSlide reads it). Callers
+    still check its pixels against OpenSlide's before using it."""
+    from .jpeg_tiles import JpegTiles
+
+    if slide.properties.get(openslide.PROPERTY_NAME_VENDOR) not in DIRECT_JPEG_VENDORS:
+        return None
+    return JpegTiles.open(slide_path, slide.level_dimensions[level])
+
+
 def read_thumbnail(slide: openslide.OpenSlide, slide_path: str | os.PathLike, side: int,
                    direct_jpeg: bool = True) -> np.ndarray:
     """RGB uint8 [H, W, 3]: exactly OpenSlide's ``get_thumbnail((side, side))``, with the level it shrinks decoded
     straight from its JPEG tiles when they match OpenSlide's pixels on two windows (that read is ~75 % of
     tiling a large slide through OpenSlide); anything else goes through OpenSlide."""
-    from .jpeg_tiles import JpegTiles
-
     level = slide.get_best_level_for_downsample(max(d / side for d in slide.dimensions))
     size = slide.level_dimensions[level]
     tiles = None
     if (direct_jpeg and size[0] * size[1] >= DIRECT_THUMBNAIL_MIN_PX
-            and slide.properties.get(openslide.PROPERTY_NAME_VENDOR) in DIRECT_JPEG_VENDORS
             and slide.properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR, "ffffff").lower() == "ffffff"):
-        tiles = JpegTiles.open(slide_path, size)
+        tiles = direct_tiles(slide, slide_path, level)
     if tiles is not None:
         try:
             pixels = tiles.region(0, 0, *size)
@@ -145,14 +153,15 @@ def read_thumbnail(slide: openslide.OpenSlide, slide_path: str | os.PathLike, si
 
 def _matches_openslide(slide: openslide.OpenSlide, level: int, pixels: np.ndarray,
                        window: int = THUMBNAIL_CHECK_PX) -> bool:
-    """Whether `pixels` (all of `level`) equal OpenSlide's on white at the top-left corner and the centre."""
+    """Whether `pixels` (all of `level`) equal OpenSlide's on white in a square window at the top-left corner
+    and one at the centre."""
     height, width = pixels.shape[:2]
-    w, h = min(window, width), min(window, height)
+    size = min(window, width, height)
     downsample = slide.level_downsamples[level]
-    for x, y in ((0, 0), ((width - w) // 2, (height - h) // 2)):
-        rgba = np.asarray(slide.read_region((round(x * downsample), round(y * downsample)), level, (w, h)))
-        reference = np.where(rgba[..., 3:] == 0, 255, rgba[..., :3])
-        if not np.array_equal(reference, pixels[y:y + h, x:x + w]):
+    for x, y in ((0, 0), ((width - size) // 2, (height - size) // 2)):
+        corner = np.array([[round(x * downsample), round(y * downsample)]])
+        reference = read_patches(slide, corner, size, level)[0].transpose(1, 2, 0)
+        if not np.array_equal(reference, pixels[y:y + size, x:x + size]):
             return False
     return True
 
@@ -393,21 +402,15 @@ def iter_patch_batches(
             source.close()
 
 
-
-
 class PatchSource:
     """One reader's handles on a slide: OpenSlide, and for level-0 patches of a tiled JPEG TIFF the tiles decoded
     directly (zoo.data.jpeg_tiles.JpegTiles, 2-5x faster), kept only once `verify` saw them match OpenSlide's
     pixels exactly on a real batch. Not thread-safe: one per reader thread."""
 
     def __init__(self, slide_path: str | os.PathLike, level: int, direct_jpeg: bool = True):
-        from .jpeg_tiles import JpegTiles
-
         self.path, self.level = slide_path, level
         self.slide = open_slide(slide_path)
-        vendor = self.slide.properties.get(openslide.PROPERTY_NAME_VENDOR)
-        plain_grid = direct_jpeg and level == 0 and vendor in DIRECT_JPEG_VENDORS
-        self.tiles = JpegTiles.open(slide_path, self.slide.dimensions) if plain_grid else None
+        self.tiles = direct_tiles(self.slide, slide_path, 0) if direct_jpeg and level == 0 else None
         self.checked = self.tiles is None  # direct decoding is decided on the first read
 
     @property
