@@ -200,7 +200,7 @@ def bench_model(profile, workdir, slide_cache) -> BenchModel:
 
 @pytest.fixture(scope="session")
 def tiling(bench_model, profile) -> Tiling:
-    from zoo.data.tile import reader_threads
+    from zoo.data.patches import reader_threads
     return Tiling(patch_size=bench_model.geometry.patch_size, batch_size=profile.batch_size,
                   reader_threads=reader_threads(profile.reader_threads))
 

@@ -19,7 +19,7 @@ from PIL import Image
 from bench.engines import Engine, SlidePrediction
 from triton_repo.inputs import SlideBag
 from zoo import spec
-from zoo.data import tile
+from zoo.data import patches, tile
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Tiling:
     level: int = 0
     tissue_threshold: float = 0.5
     batch_size: int = 64
-    reader_threads: int | None = None  # threads reading ahead of the encoder (zoo.data.tile.iter_patch_batches)
+    reader_threads: int | None = None  # threads reading ahead of the encoder (zoo.data.patches.iter_patch_batches)
 
 
 class BenchError(RuntimeError):
@@ -46,7 +46,7 @@ def tile_coords(slide: Path, workdir: Path, tiling: Tiling) -> np.ndarray:
 
 
 def slide_bag(slide: Path, coords: np.ndarray, tiling: Tiling) -> SlideBag:
-    batches = tile.iter_patch_batches(slide, coords, tiling.patch_size, tiling.level, tiling.batch_size,
+    batches = patches.iter_patch_batches(slide, coords, tiling.patch_size, tiling.level, tiling.batch_size,
                                       threads=tiling.reader_threads)
     return SlideBag(slide.stem, coords, (patches for _, patches in batches))
 
@@ -60,7 +60,7 @@ def read_all_patches(slide: Path, coords: np.ndarray, tiling: Tiling, threads: i
                      direct_jpeg: bool = True) -> np.ndarray:
     """Every patch of `coords` in memory, read in the caller's thread (0) or by `threads` reader threads;
     `direct_jpeg=False` reads every patch through OpenSlide."""
-    batches = tile.iter_patch_batches(slide, coords, tiling.patch_size, tiling.level, tiling.batch_size, threads,
+    batches = patches.iter_patch_batches(slide, coords, tiling.patch_size, tiling.level, tiling.batch_size, threads,
                                       direct_jpeg)
     return np.concatenate([patches for _, patches in batches])
 

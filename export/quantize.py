@@ -30,7 +30,7 @@ def calibration_patches_from_cohort(data_dir: str | os.PathLike, config: Mapping
     """uint8 [N,3,P,P] tissue patches spread over the train split's tiled slides (at most `max_patches`)."""
     import pandas as pd
 
-    from zoo.data import tile
+    from zoo.data import patches, tile
     from zoo.data.prepare import tiling_dir
 
     p = config["data"]["modalities"]["pathology"]
@@ -50,8 +50,8 @@ def calibration_patches_from_cohort(data_dir: str | os.PathLike, config: Mapping
         if len(coords) == 0:
             continue
         chosen = coords[np.sort(rng.choice(len(coords), min(per_slide, len(coords)), replace=False))]
-        with tile.open_slide(attrs["slide_path"]) as handle:
-            chunks.append(tile.read_patches(handle, chosen, int(p["patch_size"]), int(p["level"])))
+        with patches.open_slide(attrs["slide_path"]) as handle:
+            chunks.append(patches.read_patches(handle, chosen, int(p["patch_size"]), int(p["level"])))
         total += len(chosen)
         if total >= max_patches:
             break

@@ -63,7 +63,7 @@ def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
     """Tile `path` with the training tiling parameters (coordinates cached under `tiling_dir`, default
     `tiling_cache()`) and stream its patches, read ahead by `reader_threads` threads (zoo.data.tile's default:
     one per core, at most 8). Raises TilingFailed for a slide without usable tissue."""
-    from zoo.data import tile  # imported lazily: tiling pulls in OpenSlide
+    from zoo.data import patches, tile  # imported lazily: tiling pulls in OpenSlide
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: slide not found")
@@ -78,7 +78,7 @@ def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
     if not result.ok:
         raise TilingFailed(f"{path}: tiling failed: {result.message}")
     coords, attrs = tile.load_coords(result.h5_path)
-    batches = tile.iter_patch_batches(path, coords, int(attrs["patch_size"]), int(attrs["level"]), batch_size,
+    batches = patches.iter_patch_batches(path, coords, int(attrs["patch_size"]), int(attrs["level"]), batch_size,
                                       threads=reader_threads)
     return SlideBag(path.stem, coords, (patches for _, patches in batches))
 

@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "get_entry": "zoo.registry",
     "build_model": "zoo.registry",
     # training
-    "MultimodalTrainer": "zoo.trainer",
+    "MultimodalTrainer": "zoo.training.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -47,17 +47,17 @@ def test_item_keys_dtypes_and_collate(tiny_cohort):
 
 
 def test_raw_patches_are_openslides_pixels(tiny_cohort):
-    """The dataset decodes level-0 JPEG tiles directly (zoo.data.tile.PatchSource): the same pixels as OpenSlide."""
+    """The dataset decodes level-0 JPEG tiles directly (zoo.data.patches.PatchSource): the same pixels as OpenSlide."""
     import openslide
 
-    from zoo.data import tile
+    from zoo.data import patches
     ds = _ds(tiny_cohort, max_patches=16)
     item = next(ds[i] for i in range(len(ds)) if ds[i][spec.KEY_PATHOLOGY_MASK].any())
     coords, bag = item[spec.KEY_PATHOLOGY_COORDS].numpy(), item[spec.KEY_PATHOLOGY].numpy()
     for index, slide_id in enumerate(item[spec.KEY_SLIDE_IDS]):
         rows = coords[:, 0] == index
         with openslide.OpenSlide(str(tiny_cohort / "wsi_raw" / f"{slide_id}.svs")) as slide:
-            np.testing.assert_array_equal(bag[rows], tile.read_patches(slide, coords[rows, 1:], PS, 0))
+            np.testing.assert_array_equal(bag[rows], patches.read_patches(slide, coords[rows, 1:], PS, 0))
     assert any(source.direct for source in ds._sources.values())
 
 

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from zoo.data import tile
+from zoo.data import patches, tile
 from zoo.data.prepare import tiling_dir
 from zoo.data.synthetic.svs_writer import write_svs
 
@@ -36,9 +36,9 @@ def test_tiling_attrs_and_ground_truth_coverage(tiny_cohort):
         covered += (grid & kept[: grid.shape[0], : grid.shape[1]]).sum()
         total += grid.sum()
         with openslide.OpenSlide(str(path)) as s:
-            patches = tile.read_patches(s, coords, 64, 0)
-            corner = tile.read_patches(s, np.array([[0, 0]]), 64, 0)
-        assert (patches.reshape(len(patches), -1).mean(1) < 235).all(), "a kept patch is background"
+            pixels = patches.read_patches(s, coords, 64, 0)
+            corner = patches.read_patches(s, np.array([[0, 0]]), 64, 0)
+        assert (pixels.reshape(len(pixels), -1).mean(1) < 235).all(), "a kept patch is background"
         assert corner.mean() > 225 and not any((c == [0, 0]).all() for c in coords)
     assert covered / total > 0.85
 
@@ -48,11 +48,11 @@ def test_read_patches_and_streaming_agree(tiny_cohort, threads):
     path = sorted((tiny_cohort / "wsi_raw").glob("*.svs"))[0]
     coords, _ = _coords(tiny_cohort, path.stem)
     with openslide.OpenSlide(str(path)) as s:
-        direct = tile.read_patches(s, coords, 64, 0)
+        direct = patches.read_patches(s, coords, 64, 0)
         ref = np.asarray(s.read_region(tuple(int(v) for v in coords[0]), 0, (64, 64)).convert("RGB"))
     assert direct.dtype == np.uint8 and direct.shape == (len(coords), 3, 64, 64)
     np.testing.assert_array_equal(direct[0].transpose(1, 2, 0), ref)
-    batches = list(tile.iter_patch_batches(path, coords, 64, 0, batch_size=3, threads=threads))
+    batches = list(patches.iter_patch_batches(path, coords, 64, 0, batch_size=3, threads=threads))
     assert all(len(c) <= 3 for c, _ in batches) and len(batches) == -(-len(coords) // 3)
     np.testing.assert_array_equal(np.concatenate([p for _, p in batches]), direct)
     np.testing.assert_array_equal(np.concatenate([c for c, _ in batches]), coords)
@@ -61,7 +61,7 @@ def test_read_patches_and_streaming_agree(tiny_cohort, threads):
 def test_pixels_outside_the_slide_read_white(tmp_path):
     path = write_svs(tmp_path / "s.svs", 300, 300, _red)
     with openslide.OpenSlide(str(path)) as s:
-        patch = tile.read_patches(s, np.array([[268, 0]]), 64, 0)[0]  # 32 px inside, 32 px past the right edge
+        patch = patches.read_patches(s, np.array([[268, 0]]), 64, 0)[0]  # 32 px inside, 32 px past the right edge
     assert (patch[:, :, 32:] == 255).all()
     assert (patch[0, :, :32] > 200).all() and (patch[1:, :, :32] < 60).all()
 
@@ -69,7 +69,7 @@ def test_pixels_outside_the_slide_read_white(tmp_path):
 def test_reader_threads_stop_cleanly_when_the_consumer_stops(tiny_cohort):
     path = sorted((tiny_cohort / "wsi_raw").glob("*.svs"))[0]
     coords, _ = _coords(tiny_cohort, path.stem)
-    batches = tile.iter_patch_batches(path, coords, 64, 0, batch_size=1, threads=2)
+    batches = patches.iter_patch_batches(path, coords, 64, 0, batch_size=1, threads=2)
     first_coords, first = next(batches)
     batches.close()  # the reads queued ahead are dropped and the handles closed; no thread is left behind
     assert first.shape == (1, 3, 64, 64) and (first_coords == coords[:1]).all()
@@ -85,7 +85,7 @@ def test_a_corrupt_tile_fails_naming_the_slide_after_the_good_batches(tmp_path, 
         f.seek(offset)
         f.write(b"\0" * count)
     coords = np.array([[0, 0], [256, 0], [0, 256], [256, 256]])
-    batches = tile.iter_patch_batches(path, coords, 256, 0, batch_size=1, threads=threads)
+    batches = patches.iter_patch_batches(path, coords, 256, 0, batch_size=1, threads=threads)
     good = [next(batches) for _ in range(3)]
     assert [tuple(c[0]) for c, _ in good] == [(0, 0), (256, 0), (0, 256)]
     assert all((p[:, 0] > 200).all() for _, p in good)
@@ -185,8 +185,8 @@ def test_direct_jpeg_tiles_match_openslide_across_tiles_and_edges(tmp_path, phot
     rng = np.random.default_rng(0)
     coords = np.concatenate([rng.integers(-40, 300, (60, 2)), [[0, 0], [236, 236], [250, 10], [128, 128]]])
     with openslide.OpenSlide(str(path)) as s:
-        expected = tile.read_patches(s, coords, 64, 0)
-    source = tile.PatchSource(path, 0)
+        expected = patches.read_patches(s, coords, 64, 0)
+    source = patches.PatchSource(path, 0)
     try:
         assert source.tiles is not None
         np.testing.assert_array_equal(source.verify(coords, 64), expected)
@@ -201,23 +201,23 @@ def test_openslide_reads_the_slide_when_direct_decoding_disagrees(tiny_cohort, m
     path = sorted((tiny_cohort / "wsi_raw").glob("*.svs"))[0]
     coords, _ = _coords(tiny_cohort, path.stem)
     with openslide.OpenSlide(str(path)) as s:
-        expected = tile.read_patches(s, coords, 64, 0)
+        expected = patches.read_patches(s, coords, 64, 0)
     decode = jpeg_tiles.JpegTiles.read
     monkeypatch.setattr(jpeg_tiles.JpegTiles, "read", lambda self, c, p: decode(self, c, p) ^ 1)  # off by one bit
-    batches = list(tile.iter_patch_batches(path, coords, 64, 0, batch_size=4, threads=2))
+    batches = list(patches.iter_patch_batches(path, coords, 64, 0, batch_size=4, threads=2))
     np.testing.assert_array_equal(np.concatenate([p for _, p in batches]), expected)
 
 
 def test_levels_above_zero_and_other_compressions_read_through_openslide(tmp_path):
     path = tmp_path / "zlib.tif"
     tifffile.imwrite(path, _noise(0, 0, 256, 256), tile=(128, 128), photometric="rgb", compression="zlib")
-    assert tile.PatchSource(path, 0).tiles is None
+    assert patches.PatchSource(path, 0).tiles is None
     svs = write_svs(tmp_path / "s.svs", 2048, 2048, _noise)
     with openslide.OpenSlide(str(svs)) as s:
         assert s.level_count > 1
-        expected = tile.read_patches(s, np.array([[0, 0], [512, 512]]), 64, 1)
-    assert tile.PatchSource(svs, 1).tiles is None
-    got = next(tile.iter_patch_batches(svs, np.array([[0, 0], [512, 512]]), 64, 1, batch_size=2))[1]
+        expected = patches.read_patches(s, np.array([[0, 0], [512, 512]]), 64, 1)
+    assert patches.PatchSource(svs, 1).tiles is None
+    got = next(patches.iter_patch_batches(svs, np.array([[0, 0], [512, 512]]), 64, 1, batch_size=2))[1]
     np.testing.assert_array_equal(got, expected)
 
 

@@ -1,7 +1,6 @@
 """Synthetic batches for model tests (random uint8 patches, volumes, clinical vectors)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

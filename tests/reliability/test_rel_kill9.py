@@ -54,7 +54,7 @@ def test_kill_during_tiling_then_rerun_tiles_only_the_rest(tiny_cohort, tmp_path
 FEATURE_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from zoo.features import ensure_features
+from zoo.training.feature_cache import ensure_features
 from zoo.registry import get_entry
 torch.manual_seed(0)
 model = get_entry("pathology_only").build_model("tiny")

@@ -3,7 +3,6 @@ and finishes once the server is back; oversized requests are refused and the ser
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort

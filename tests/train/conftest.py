@@ -36,7 +36,7 @@ def easy_cohort(tmp_path_factory):
 @pytest.fixture(scope="session")
 def attention_run(easy_cohort, tmp_path_factory):
     """One short all-modality training run whose outputs several tests inspect."""
-    from zoo.train import run_training
+    from zoo.training.pipeline import run_training
 
     out = tmp_path_factory.mktemp("attention_run") / "attention"
     result = run_training("attention", recipe="tiny", data_dir=easy_cohort, output_dir=out,

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from zoo.crossval import ablation_expectations, ablation_shape, macro_f1, out_of_fold_predictions, paired_bootstrap
-from zoo.metrics import classification_metrics
+from zoo.analysis.crossval import ablation_expectations, ablation_shape, macro_f1, out_of_fold_predictions, paired_bootstrap
+from zoo.training.metrics import classification_metrics
 from zoo.spec import CLASS_NAMES
-from zoo.sweep import run_sweep
-from zoo.train import run_training
-from zoo.trainer import PREDICTIONS_FILE
+from zoo.analysis.sweep import run_sweep
+from zoo.training.pipeline import run_training
+from zoo.training.trainer import PREDICTIONS_FILE
 
 
 def _table(labels: np.ndarray, predicted: np.ndarray, ids=None) -> pd.DataFrame:
@@ -97,7 +97,7 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
     assert "expected orderings hold" in (out / "ablation_shape.md").read_text()
     board = pd.read_csv(out / "leaderboard.csv")
     (out / "ablation_shape.csv").unlink()
-    from zoo.sweep import main as sweep_main
+    from zoo.analysis.sweep import main as sweep_main
 
     assert sweep_main(["--report", str(out)]) == 0  # the k-fold leaderboard and shape are redrawn from disk
     pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), board)
@@ -105,7 +105,7 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
 
 
 def test_folds_below_two_are_refused_on_the_command_line(capsys):
-    from zoo.sweep import main as sweep_main
+    from zoo.analysis.sweep import main as sweep_main
 
     with pytest.raises(SystemExit):
         sweep_main(["clinical_only", "--folds", "1"])
@@ -116,7 +116,7 @@ def test_folds_below_two_are_refused_on_the_command_line(capsys):
 
 
 def test_compare_runs_pairs_two_settings_on_the_same_patients(tmp_path, capsys):
-    from zoo.crossval import main as crossval_main
+    from zoo.analysis.crossval import main as crossval_main
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, 90)

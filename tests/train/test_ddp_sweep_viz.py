@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from zoo.sweep import leaderboard, run_sweep
-from zoo.train import run_training
-from zoo.viz import main as viz_main
+from zoo.analysis.sweep import leaderboard, run_sweep
+from zoo.training.pipeline import run_training
+from zoo.analysis.viz import main as viz_main
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = dict(progress=False, log=lambda _m: None)
@@ -41,7 +41,7 @@ def test_torchrun_two_cpu_processes(easy_cohort, tmp_path):
 
 def test_modality_labels_tell_the_receptor_free_clinical_entry_apart():
     from zoo.registry import get_entry
-    from zoo.sweep import modality_label
+    from zoo.analysis.sweep import modality_label
 
     labels = {name: modality_label(get_entry(name).modalities, get_entry(name).clinical_features)
               for name in ("clinical_only", "clinical_norec_only", "attention", "gated-path_mri")}
@@ -72,7 +72,7 @@ def test_sweep_writes_leaderboard_and_charts_and_survives_a_failed_entry(easy_co
     # --report redraws the same leaderboard from runs.csv alone, without training
     (out / "leaderboard.csv").unlink()
     (out / "modality_ablation.png").unlink()
-    from zoo.sweep import main as sweep_main
+    from zoo.analysis.sweep import main as sweep_main
 
     assert sweep_main(["--report", str(out)]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), board)

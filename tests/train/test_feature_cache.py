@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.features import ensure_features, load_features
+from zoo.training.feature_cache import ensure_features, load_features
 from zoo.models.patch_encoders import PatchEncoder
 from zoo.registry import get_entry
-from zoo.train import cohort_tiling_dir, run_training
+from zoo.training.pipeline import cohort_tiling_dir, run_training
 
 
 @pytest.fixture()
@@ -101,7 +101,7 @@ def test_training_with_a_frozen_encoder_serves_cached_features(easy_cohort, tmp_
 def test_mil_input_standardization_is_fitted_on_the_train_split_only(easy_cohort, tmp_path):
     from zoo.checkpoint import load_checkpoint
     from zoo.data import BreastCancerMultiModalDataset
-    from zoo.features import feature_statistics
+    from zoo.training.feature_cache import feature_statistics
 
     overrides = ["training.epochs=1", "model.modalities.pathology.freeze=true", "training.feature_cache=true"]
     run_training("pathology_only", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "run",
@@ -119,7 +119,7 @@ def test_mil_input_standardization_is_fitted_on_the_train_split_only(easy_cohort
 
     # The attention views of a frozen-encoder checkpoint read the feature cache, never the slides' patches.
     import zoo.data.dataset as dataset_mod
-    from zoo.viz import main as viz_main
+    from zoo.analysis.viz import main as viz_main
 
     def no_slide_reads(*_args, **_kwargs):
         raise AssertionError("viz read patches from a slide although the features are cached")

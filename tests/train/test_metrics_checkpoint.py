@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from zoo.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from zoo.metrics import classification_metrics, format_results_table
+from zoo.training.metrics import classification_metrics, format_results_table
 from zoo.spec import CLASS_NAMES
-from zoo.trainer import inverse_frequency_weights, warmup_cosine_factor
+from zoo.training.trainer import inverse_frequency_weights, warmup_cosine_factor
 
 
 def test_metrics_perfect_and_confused_predictions():

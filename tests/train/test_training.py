@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from zoo.train import TrainingSetupError, run_training
+from zoo.training.pipeline import TrainingSetupError, run_training
 
 QUIET = dict(progress=False, log=lambda _m: None)
 # Enough optimisation for a tiny model to fit the easy cohort's strong signal in seconds on 2 cores.

@@ -9,7 +9,7 @@ import pytest
 
 from triton_repo import config as cfg
 from triton_repo import manifest as mf
-from triton_repo.build import BuildError, build_repository, main as build_main
+from triton_repo.build import build_repository, main as build_main
 from triton_repo.plan import BuildOptions, model_configs, part_model_name, slide_ensemble_name
 
 from tests.triton.conftest import ENTRY, MAX_PATCH_BATCH

@@ -19,7 +19,7 @@ from triton_repo.build import build_repository
 from triton_repo.client import SlideClient
 from triton_repo.plan import BuildOptions, part_model_name
 from triton_repo.server import TritonServer, free_port
-from zoo.data import tile
+from zoo.data.patches import open_slide, read_patches
 
 INT8_ENTRY = "pathology_only"
 
@@ -74,8 +74,8 @@ def test_int8_served_by_triton_equals_in_process_onnxruntime(int8_export, int8_s
         pred = client.predict(slides=[slide])
         patch_size, level = (int(client.manifest.preprocessing["pathology"][k]) for k in ("patch_size", "level"))
     assert (pred.coords[:, 0] == 0).all() and len(pred.coords) > 16  # one slide, several chunks
-    with tile.open_slide(slide) as handle:
-        patches = tile.read_patches(handle, pred.coords[:, 1:], patch_size, level)
+    with open_slide(slide) as handle:
+        patches = read_patches(handle, pred.coords[:, 1:], patch_size, level)
     probs, attention = _in_process(int8_export, patches)
     np.testing.assert_allclose(pred.probabilities, probs, atol=TOL)
     np.testing.assert_allclose(pred.patch_attention, attention, atol=TOL)

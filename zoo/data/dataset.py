@@ -19,7 +19,8 @@ from .augment import Augmentation, build_augmentation
 from .clinical import ClinicalPreprocessor, load_clinical_csv
 from .mri import DEFAULT_OUTPUT_SHAPE, MRIError, processed_path
 from .prepare import mri_processed_dir, tiling_dir
-from .tile import SLIDE_SUFFIXES, PatchSource, load_coords
+from .patches import PatchSource
+from .tile import SLIDE_SUFFIXES, load_coords
 
 SPLITS = ("train", "val", "test")
 _SAMPLING_STREAM, _AUGMENT_STREAM = 0, 1

@@ -4,7 +4,7 @@ OpenSlide composites every region through cairo: on the machines measured here t
 itself (about 35 ns per pixel against 6-7 for libjpeg-turbo through imagecodecs). This reader decodes the tiles a
 batch of patches (or a region) covers with tifffile and copies the pixels out. It is used for level-0 patches and
 for the level a thumbnail is made from, only on a tiled, 8-bit, 3-sample JPEG page of OpenSlide's size for that
-level, and only after pixels it decoded matched OpenSlide's exactly (zoo.data.tile.PatchSource,
+level, and only after pixels it decoded matched OpenSlide's exactly (zoo.data.patches.PatchSource,
 zoo.data.tile.read_thumbnail); anything else is read by OpenSlide.
 """
 from __future__ import annotations

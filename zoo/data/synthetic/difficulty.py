@@ -27,7 +27,8 @@ from zoo import spec
 from ..clinical import ClinicalPreprocessor
 from ..mri import processed_path
 from ..prepare import mri_processed_dir, tiling_dir
-from ..tile import load_coords, read_patches
+from ..patches import read_patches
+from ..tile import load_coords
 
 
 def patch_features(patches: np.ndarray) -> np.ndarray:

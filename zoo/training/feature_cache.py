@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo import distributed as ddp
+from zoo.training import distributed as ddp
 from zoo.atomic import atomic_path, remove_orphaned_temps
-from zoo.data.tile import iter_patch_batches, load_coords
+from zoo.data.patches import iter_patch_batches
+from zoo.data.tile import load_coords
 
 FEATURE_CACHE_VERSION = 1
 FEATURES_DIRNAME = "features"

@@ -21,10 +21,10 @@ import torch.nn as nn
 import yaml
 from tqdm.auto import tqdm
 
-from zoo import distributed as ddp
+from zoo.training import distributed as ddp
 from zoo.atomic import atomic_write_json, atomic_write_text, remove_orphaned_temps
 from zoo.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
-from zoo.metrics import classification_metrics
+from zoo.training.metrics import classification_metrics
 from zoo.spec import CLASS_NAMES, KEY_LABEL, KEY_PATIENT_ID, KEY_SLIDE_IDS
 
 # Batch keys that describe the sample rather than feed the model.

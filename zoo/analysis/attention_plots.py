@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from zoo.plots import bar_chart, grouped_bar_chart, plt, save_figure
+from zoo.analysis.plots import bar_chart, grouped_bar_chart, plt, save_figure
 
 
 def percentile_scores(attention: np.ndarray) -> np.ndarray:
