@@ -104,10 +104,21 @@ class MultiModalModelBuilder:
         return model
 
 
-def build_model_from_config(model_config: dict) -> MultiModalModel:
-    """Build from the `model` section of the YAML schema (see configs/breast_cancer_config.yaml)."""
+def without_pretrained(modalities: dict) -> dict:
+    """The `model.modalities` section with every pretrained-weights source turned off (random init)."""
+    return {name: {**options, "pretrained": False} for name, options in modalities.items()}
+
+
+def build_model_from_config(model_config: dict, *, load_pretrained: bool = True) -> MultiModalModel:
+    """Build from the `model` section of the YAML schema (see configs/breast_cancer_config.yaml).
+
+    `load_pretrained=False` never reads pretrained weights (nor looks for their files): for rebuilding a model
+    whose every weight comes from a checkpoint (`zoo.checkpoint.load_model`).
+    """
     builder = MultiModalModelBuilder(model_config.get("num_classes", spec.NUM_CLASSES))
     modalities = model_config.get("modalities") or {}
+    if not load_pretrained:
+        modalities = without_pretrained(modalities)
     for name in modalities:
         lookup(MODALITY_PARTS, name, "model.modalities key")
     for name in spec.MODALITIES:
