@@ -83,6 +83,12 @@ class PatchEncoder(nn.Module):
             self.trunk.requires_grad_(False)
             self.trunk.eval()
 
+    def preprocessing(self) -> dict:
+        """What the graph does to raw uint8 patches, as the record that travels checkpoint -> manifest -> Triton."""
+        return {"backbone": self.backbone_name, "input_size": self.input_size,
+                "normalisation": {"mean": [float(v) for v in self.mean.flatten()],
+                                  "std": [float(v) for v in self.std.flatten()]}}
+
     def train(self, mode: bool = True) -> "PatchEncoder":
         super().train(mode)
         if self.frozen:
