@@ -77,6 +77,7 @@ class PatchEncoder(nn.Module):
         self.out_dim = spec_.out_dim
         self.input_size = int(input_size)
         self.frozen = bool(freeze)
+        self.normalisation = (tuple(spec.IMAGENET_MEAN), tuple(spec.IMAGENET_STD))  # exact values, for records
         self.register_buffer("mean", torch.tensor(spec.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if self.frozen:
@@ -86,8 +87,7 @@ class PatchEncoder(nn.Module):
     def preprocessing(self) -> dict:
         """What the graph does to raw uint8 patches, as the record that travels checkpoint -> manifest -> Triton."""
         return {"backbone": self.backbone_name, "input_size": self.input_size,
-                "normalisation": {"mean": [float(v) for v in self.mean.flatten()],
-                                  "std": [float(v) for v in self.std.flatten()]}}
+                "normalisation": {"mean": list(self.normalisation[0]), "std": list(self.normalisation[1])}}
 
     def train(self, mode: bool = True) -> "PatchEncoder":
         super().train(mode)
