@@ -74,7 +74,7 @@ def test_a_truncated_cache_file_is_recomputed_and_bad_slides_do_not_lose_others(
 def test_training_with_a_frozen_encoder_serves_cached_features(easy_cohort, tmp_path):
     overrides = ["training.epochs=1", "model.modalities.pathology.freeze=true", "training.feature_cache=true"]
     seen = []
-    from zoo import trainer as trainer_mod
+    from zoo.training import trainer as trainer_mod
 
     original = trainer_mod.model_inputs
 
