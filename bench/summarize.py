@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from zoo.cli_help import HelpFormatter
+
 README = Path(__file__).with_name("README.md")
 
 INTRO = """# Benchmarks
@@ -299,7 +301,8 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.summarize", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.summarize", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("results", help="pytest-benchmark JSON (--benchmark-json)")
     parser.add_argument("--output", default=str(README), help="Markdown file to write (default bench/README.md)")
     args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ from export.manifest import ManifestError
 from export.parts import ParitySizes
 from export.pipeline import DEFAULT_OPSET, export_checkpoint
 from export.source import DEFAULT_CHECKPOINT_ROOT, SourceError, resolve_targets
+from zoo.cli_help import HelpFormatter
 
 EXIT_OK, EXIT_PARITY_FAILED, EXIT_ERROR = 0, 1, 2
 EXPECTED_ERRORS = (SourceError, ExportError, ManifestError, FileExistsError, KeyError, ValueError)
@@ -34,7 +35,7 @@ def parse_args(fmt_name: str, argv: Sequence[str] | None) -> argparse.Namespace:
     fmt = FORMATS[fmt_name]
     defaults = ParitySizes()
     parser = argparse.ArgumentParser(
-        prog=f"python -m export.{fmt_name}",
+        prog=f"python -m export.{fmt_name}", formatter_class=HelpFormatter,
         description=f"Export trained zoo checkpoints as {fmt_name} parts + manifest.json, checked for parity.")
     parser.add_argument("targets", nargs="*", metavar="ENTRY_OR_CHECKPOINT",
                         help=f"entry names ({DEFAULT_CHECKPOINT_ROOT}/<entry>/best.pt) or checkpoint paths; "

@@ -30,6 +30,7 @@ from export.formats import ExportFormat
 from export.geometry import Geometry
 from export.parts import PARTS_BY_NAME, Case, ParitySizes, Part
 from export.signature import Signature
+from zoo.cli_help import HelpFormatter
 
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-1}
 
@@ -277,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.manifest import ManifestError, load_manifest
     from export.source import SourceError, Target, load_source
 
-    parser = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("export_dir", type=Path, help="an export directory (exports/<entry>)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="PyTorch checkpoint to compare with (default: the manifest's source checkpoint)")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from triton_repo import config as cfg_mod
 from triton_repo import manifest as mf
 from triton_repo.plan import FLAVORS, BuildOptions, model_configs
+from zoo.cli_help import HelpFormatter
 
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("python_model") / "model.py"
 REPO_MANIFEST_NAME = "manifest.json"  # copy of the export manifest inside the `<entry>` ensemble directory
@@ -101,7 +102,8 @@ def build_repository(export_dirs: list[str | Path], output: str | Path = "model_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m triton_repo.build", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m triton_repo.build", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--export-dir", action="append", required=True,
                         help="exports/<entry> directory holding manifest.json (repeat for several entries)")
     parser.add_argument("--output", default="model_repository", help="model repository directory")

@@ -24,8 +24,9 @@ from triton_repo import inputs as inp
 from triton_repo import manifest as mf
 from triton_repo.build import REPO_MANIFEST_NAME
 from triton_repo.connection import ClientError, connect, with_retries
-from triton_repo.plan import PATHOLOGY, MRI, CLINICAL, ensemble_io, part_model_name, placeholder
+from triton_repo.plan import CLINICAL, MRI, PATHOLOGY, ensemble_io, part_model_name, placeholder
 from triton_repo.streaming import PatchStreamer
+from zoo.cli_help import HelpFormatter
 
 
 @dataclass
@@ -221,9 +222,10 @@ def patient_inputs(patient_id: str, data_dir: str | Path, manifest: mf.ExportMan
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m triton_repo.client", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m triton_repo.client", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="predict one patient's subtype")
+    p = sub.add_parser("predict", formatter_class=HelpFormatter, help="predict one patient's subtype")
     p.add_argument("--slide", action="append", default=[], help="whole-slide image (repeat for several)")
     p.add_argument("--mri", action="append", default=[], help="MRI NIfTI, one per sequence in manifest order")
     p.add_argument("--clinical-json", help='raw clinical values, e.g. \'{"age": 52, "er_status": 1}\'')

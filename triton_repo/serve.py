@@ -11,17 +11,20 @@ import sys
 import threading
 
 from triton_repo.server import TritonServer, TritonServerError
+from zoo.cli_help import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m triton_repo.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-repository", default="model_repository")
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser = argparse.ArgumentParser(prog="python -m triton_repo.serve", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--model-repository", default="model_repository",
+                        help="model repository written by python -m triton_repo.build")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (the client's --url)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
     parser.add_argument("--bind", default="127.0.0.1",
-                        help="listen address; 0.0.0.0 exposes the server to the network")
-    parser.add_argument("--startup-timeout", type=float, default=120.0)
+                        help="listen address; the default is loopback only, 0.0.0.0 exposes the server to the network")
+    parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the server")
     parser.add_argument("--log-file", help="server log (default: a temp file, printed at start)")
     args = parser.parse_args(argv)
 

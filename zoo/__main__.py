@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from zoo.cli_help import HelpFormatter
 from zoo.config import ConfigError, dump_config, load_config, save_config
 from zoo.registry import RECIPES, get_entry, list_entries
 
@@ -59,20 +60,22 @@ def cmd_validate(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m zoo", description="Breast-cancer multimodal fusion model zoo")
+    p = argparse.ArgumentParser(prog="python -m zoo", description="Breast-cancer multimodal fusion model zoo",
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command")
-    ls = sub.add_parser("list", help="table of entries (default command)")
+    ls = sub.add_parser("list", formatter_class=HelpFormatter, help="table of entries (default command)")
     ls.add_argument("--include", nargs="*", default=None, help="fnmatch patterns of names to keep")
     ls.add_argument("--exclude", nargs="*", default=None, help="fnmatch patterns of names to drop")
     ls.add_argument("--recipe", default="cpu", choices=RECIPES, help="recipe whose models are counted")
     ls.set_defaults(func=cmd_list)
-    cfg = sub.add_parser("config", help="print (or --output) an entry's resolved config")
+    cfg = sub.add_parser("config", formatter_class=HelpFormatter,
+                         help="print (or --output) an entry's resolved config")
     cfg.add_argument("name")
     cfg.add_argument("--recipe", default="cpu", choices=RECIPES)
     cfg.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. training.epochs=5")
     cfg.add_argument("--output", help="write the YAML here (atomically) instead of stdout")
     cfg.set_defaults(func=cmd_config)
-    val = sub.add_parser("validate", help="check a config file against the schema")
+    val = sub.add_parser("validate", formatter_class=HelpFormatter, help="check a config file against the schema")
     val.add_argument("path")
     val.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     val.set_defaults(func=cmd_validate)

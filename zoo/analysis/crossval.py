@@ -15,8 +15,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from zoo.training.metrics import classification_metrics
 from zoo.spec import CLASS_NAMES
+from zoo.training.metrics import classification_metrics
 from zoo.training.trainer import PREDICTIONS_FILE, PROBABILITY_PREFIX
 
 
@@ -168,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m zoo.crossval", description=(
+    from zoo.cli_help import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m zoo.crossval", formatter_class=HelpFormatter, description=(
         "Compare two k-fold runs on the same patients, e.g. one entry trained with two settings in two sweeps: "
         "python -m zoo.crossval outputs/sweeps/A/runs/attention outputs/sweeps/B/runs/attention"))
     parser.add_argument("a", type=Path, help="runs/<entry> folder of a k-fold sweep")

@@ -28,8 +28,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from zoo.atomic import atomic_write_json, atomic_write_text
 from zoo.analysis.plots import grouped_bar_chart
+from zoo.atomic import atomic_write_json, atomic_write_text
+from zoo.cli_help import HelpFormatter
 from zoo.spec import CLINICAL_FEATURES, MODALITIES
 
 SHORT_MODALITY = {"pathology": "path", "mri": "mri", "clinical": "clin"}
@@ -316,7 +317,8 @@ def _entry(name: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo.sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m zoo.sweep", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("patterns", nargs="*", help="fnmatch patterns over entry names, e.g. 'attention*' '*_only'; "
                                                     "key=value arguments are config overrides for every run")
     parser.add_argument("--resume", action="store_true",

@@ -22,14 +22,23 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from zoo.atomic import atomic_write_json
 from zoo.analysis.attention_plots import fusion_bar_figure, fusion_by_class_figure, heatmap_figure, top_k_figure
 from zoo.analysis.attention_score import load_tumour_mask, score_slide, summarise
+from zoo.atomic import atomic_write_json
 from zoo.checkpoint import load_checkpoint
+from zoo.cli_help import HelpFormatter
 from zoo.data.patches import iter_patch_batches
 from zoo.data.tile import load_coords
-from zoo.spec import (AUX_FUSION_ATTENTION, AUX_PATHOLOGY_ATTENTION, CLINICAL_ID, KEY_LABEL, KEY_PATHOLOGY_COORDS,
-                      KEY_PATHOLOGY_MASK, KEY_PATIENT_ID, KEY_SLIDE_IDS)
+from zoo.spec import (
+    AUX_FUSION_ATTENTION,
+    AUX_PATHOLOGY_ATTENTION,
+    CLINICAL_ID,
+    KEY_LABEL,
+    KEY_PATHOLOGY_COORDS,
+    KEY_PATHOLOGY_MASK,
+    KEY_PATIENT_ID,
+    KEY_SLIDE_IDS,
+)
 from zoo.training.trainer import model_inputs
 
 SPLITS = ("train", "val", "test")
@@ -255,10 +264,11 @@ def figures_dir(args: argparse.Namespace) -> Path:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m zoo.viz", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m zoo.viz", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        p = sub.add_parser(name)
+        p = sub.add_parser(name, formatter_class=HelpFormatter)
         p.add_argument("--checkpoint", required=True, help="outputs/<entry>/best.pt")
         p.add_argument("--data-dir", default=None, help="cohort directory (default: the checkpoint config's)")
         p.add_argument("--output-dir", default=None, help="default: <checkpoint dir>/figures")

@@ -23,6 +23,8 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from tqdm import tqdm
 
+from zoo.cli_help import HelpFormatter
+
 from .files import atomic_output, default_workers, remove_orphaned_temps, validate_identifier
 
 SEQUENCES: tuple[str, ...] = ("T1", "T2")
@@ -222,7 +224,8 @@ def summarize(results: Sequence[MRIResult]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zoo.data.mri", description="Preprocess breast MRI volumes.")
+    p = argparse.ArgumentParser(prog="python -m zoo.data.mri", description="Preprocess breast MRI volumes.",
+                                formatter_class=HelpFormatter)
     p.add_argument("--input-dir", required=True, help="folder of <patient_id>/{T1,T2}.nii.gz")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--target-spacing", type=float, nargs=3, default=list(DEFAULT_TARGET_SPACING), metavar=("X", "Y", "Z"))

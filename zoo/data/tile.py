@@ -22,6 +22,8 @@ from PIL import Image, ImageDraw
 from skimage import color, morphology, util
 from tqdm import tqdm
 
+from zoo.cli_help import HelpFormatter
+
 from .files import atomic_output, default_workers, remove_orphaned_temps
 from .patches import TilingError, direct_tiles, open_slide, read_patches
 
@@ -308,7 +310,8 @@ def load_coords(h5_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zoo.data.tile", description="Tile whole-slide images into patch coordinates.")
+    p = argparse.ArgumentParser(prog="python -m zoo.data.tile", formatter_class=HelpFormatter,
+                                description="Tile whole-slide images into patch coordinates.")
     p.add_argument("--input-dir", required=True, help="folder of slides (.svs, .tif, ...)")
     p.add_argument("--output-dir", required=True, help="folder for <slide_id>.h5 and qc/<slide_id>.png")
     p.add_argument("--patch-size", type=int, default=256)

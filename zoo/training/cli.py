@@ -13,12 +13,14 @@ import argparse
 import sys
 from typing import Sequence
 
+from zoo.cli_help import HelpFormatter
 from zoo.training import distributed as ddp
 from zoo.training.pipeline import TrainingSetupError, run_training
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m zoo.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("entry", help="zoo entry name, e.g. attention, gated-path_mri, pathology_only")
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. training.epochs=5")
     parser.add_argument("--config", default=None, help="YAML file of config overrides applied over the entry")

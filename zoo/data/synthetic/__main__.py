@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from zoo.cli_help import HelpFormatter
+
 from .cohort import COHORT_MANIFEST, DEFAULT_SIGNALS, generate_cohort
 from .phenotype import Signals
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zoo.data.synthetic", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m zoo.data.synthetic", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)

@@ -23,11 +23,12 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from zoo import spec
+from zoo.cli_help import HelpFormatter
 
 from ..clinical import ClinicalPreprocessor
 from ..mri import processed_path
-from ..prepare import mri_processed_dir, tiling_dir
 from ..patches import read_patches
+from ..prepare import mri_processed_dir, tiling_dir
 from ..tile import load_coords
 
 
@@ -93,7 +94,8 @@ def evaluate(data_dir: Path, patch_size: int = 128, seed: int = 0) -> dict[tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zoo.data.synthetic.difficulty", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m zoo.data.synthetic.difficulty", description=__doc__,
+                                formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("--patch-size", type=int, default=128, help="an existing tiling (ps<P>_l0_t0.5)")
     a = p.parse_args(argv)

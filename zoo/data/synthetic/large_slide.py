@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.cli_help import HelpFormatter
+
 
 def _generate(path: str, size: int, seed: int) -> None:
     from .he_render import SlideRenderer, StainStyle, TumourStyle, make_layout
@@ -52,7 +54,8 @@ def _measure(target, *args) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zoo.data.synthetic.large_slide", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m zoo.data.synthetic.large_slide", description=__doc__,
+                                formatter_class=HelpFormatter)
     p.add_argument("--size", type=int, default=40000)
     p.add_argument("--patch-size", type=int, default=256)
     p.add_argument("--output-dir", type=Path, required=True)
