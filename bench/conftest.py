@@ -67,7 +67,7 @@ def benchmarks_disabled(config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    # pyproject's addopts carries --benchmark-disable for the test suite; asking for --benchmark-only means measure.
+    # --benchmark-only means measure, even next to a --benchmark-disable (e.g. one given in PYTEST_ADDOPTS).
     if config.getoption("benchmark_only", default=False):
         config.option.benchmark_enable = True
     torch.set_num_threads(THREADS)

@@ -1,6 +1,6 @@
 """The export manifest (`<export dir>/manifest.json`): what each part file is, its tensors, and how to feed it.
 
-Schema (version 1) is documented in docs/cli/export.md. `load_manifest` validates it and the sha256 of every
+Schema (version 1) is documented in README.md (Export, `manifest.json`). `load_manifest` validates it and the sha256 of every
 file for downstream users (Triton repository builder, clients, benchmarks).
 """
 from __future__ import annotations

@@ -97,7 +97,7 @@ class ExportManifest:
     def has(self, name: str) -> bool:
         return name in self.parts
 
-    # Roles inside parts, by position (the export contract: see docs/cli/triton.md).
+    # Roles inside parts, by position (the export contract: README.md, Export, Parts and tensors).
     @property
     def fusion_presence(self) -> TensorSpec:
         return self.part(FUSION_HEAD).inputs[-1]

@@ -25,7 +25,7 @@ def clinical_preprocessor(features) -> dict:
 
 
 def write_tiny_checkpoint(name: str, path: Path, seed: int = 0, version: str | None = None) -> Path:
-    """A checkpoint of `name` under the tiny recipe, in the format zoo.trainer writes (zoo.checkpoint)."""
+    """A checkpoint of `name` under the tiny recipe, in the format zoo.training.trainer writes (zoo.checkpoint)."""
     from zoo.checkpoint import save_checkpoint
     from zoo.registry import get_entry
 

@@ -21,7 +21,7 @@ DYNAMO_ENTRY = "attention-path_clin"
 def dynamo_export(tiny_checkpoint, sizes, tmp_path_factory):
     out = tmp_path_factory.mktemp("dynamo")
     # pathology + clinical keeps the (slow) dynamo exporter inside the test budget; the 3D ResNet's dynamo
-    # export is covered by the legacy-exporter parity of every entry and was checked by hand (docs/cli/export.md).
+    # export is covered by the legacy-exporter parity of every entry and was checked by hand.
     return export_checkpoint(Target(tiny_checkpoint(DYNAMO_ENTRY), DYNAMO_ENTRY), FORMATS["onnx"], out, sizes=sizes,
                              progress=False)
 

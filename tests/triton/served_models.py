@@ -33,7 +33,7 @@ def entry_config(name: str) -> dict:
 
 
 def write_checkpoint(name: str, path: Path, cohort: Path, seed: int = 0) -> Path:
-    """A freshly initialised tiny-recipe model of `name`, saved like zoo.trainer saves best.pt.
+    """A freshly initialised tiny-recipe model of `name`, saved like zoo.training.trainer saves best.pt.
 
     BatchNorm statistics are randomised so eval-mode graphs do not reduce to identity normalisation; linear biases
     are zero (see below); the clinical preprocessor is fitted on the cohort's train split, as training does.

@@ -162,7 +162,7 @@ def test_bad_requests_are_rejected_and_the_server_stays_healthy(server, manifest
         "wrong dtype": (encoder, {patches_name: patient["patches"][:4].astype(np.float32)}, [features_name]),
         "wrong rank": (encoder, {patches_name: patient["patches"][0, 0]}, [features_name]),
         # Sent to the bag model itself: Triton 2.51 never completes an ensemble request with a 0-row tensor
-        # (the client refuses empty bags before sending; see docs/cli/triton.md).
+        # (the client refuses empty bags before sending; README.md, Serving with Triton).
         "empty bag": (part_model_name(ENTRY, mf.MIL_POOL),
                       {io.modality_inputs["pathology"].name: np.zeros((0, feature_dim), np.float32)},
                       [io.patch_attention.name]),

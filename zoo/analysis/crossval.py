@@ -45,7 +45,7 @@ def pooled_metrics(table: pd.DataFrame, class_names: Sequence[str] = CLASS_NAMES
 
 def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
     """Macro F1 over all `num_classes` classes, 0 for a class neither present nor predicted: the same number as
-    zoo.metrics.classification_metrics (sklearn f1_score with labels=range(K), zero_division=0), 50x faster."""
+    zoo.training.metrics.classification_metrics (sklearn f1_score with labels=range(K), zero_division=0), 50x faster."""
     confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, -1)
     tp = np.diag(confusion).astype(np.float64)
     denom = (confusion.sum(1) + confusion.sum(0)).astype(np.float64)

@@ -1,4 +1,4 @@
-"""Matplotlib figure helpers (Agg backend, atomic PNG writes) shared by zoo.sweep and zoo.viz."""
+"""Matplotlib figure helpers (Agg backend, atomic PNG writes) shared by zoo.analysis.sweep and zoo.analysis.viz."""
 from __future__ import annotations
 
 import os

@@ -12,7 +12,7 @@ The feature cache is shared: entries with the same frozen patch encoder reuse th
 
 With --folds K every run is repeated on K stratified folds of the whole cohort (zoo.data.folds): runs.csv has one
 row per entry x seed x fold, and the leaderboard's test columns are out-of-fold metrics pooled over all patients
-(zoo.crossval). ablation_shape.md then checks the seed table's ordering with a paired bootstrap over patients.
+(zoo.analysis.crossval). ablation_shape.md then checks the seed table's ordering with a paired bootstrap over patients.
 """
 from __future__ import annotations
 
