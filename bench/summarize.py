@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from zoo.atomic import atomic_write_text
 from zoo.cli_help import HelpFormatter
 
 README = Path(__file__).with_name("README.md")
@@ -289,17 +288,6 @@ def render(data: dict, source: str) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.summarize", description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
@@ -316,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(data, dict) or not data.get("benchmarks"):
         print(f"error: {path} holds no benchmarks (was it written with --benchmark-disable?)", file=sys.stderr)
         return 2
-    write_atomic(Path(args.output), render(data, str(path)))
+    atomic_write_text(Path(args.output), render(data, str(path)))
     print(f"wrote {args.output}")
     return 0
 

@@ -6,7 +6,6 @@ complete, so a failed export never leaves a half-written `<output_dir>/<entry>`.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from export.parts import ParitySizes, PatchEncoderPart, parts_for
 from export.quantize import QUANTIZED_PARTS, calibration_patches_from_cohort, quantize_int8
 from export.source import Target, load_source, sha256_file
 from zoo import spec
-from zoo.atomic import remove_orphaned_temps, temp_prefix
+from zoo.atomic import make_temp_dir, remove_orphaned_temps
 
 DEFAULT_OPSET = 18
 
@@ -47,7 +46,7 @@ def commit_directory(staging: Path, target_dir: Path, overwrite: bool) -> None:
     refuse_existing(target_dir, overwrite)
     retired = None
     if target_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=temp_prefix(f"{target_dir.name}.old"), dir=target_dir.parent))
+        retired = make_temp_dir(target_dir.parent, f"{target_dir.name}.old")
         target_dir.rename(retired / target_dir.name)
     try:
         staging.rename(target_dir)
@@ -86,7 +85,7 @@ def export_checkpoint(target: Target, fmt: ExportFormat, output_dir: Path, *, op
     remove_orphaned_temps(output_dir)  # staging dirs of a killed earlier export
     model, config = source.model, source.config
     geometry = probe_geometry(model, config)
-    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(f"{source.name}.partial"), dir=output_dir))
+    staging = make_temp_dir(output_dir, f"{source.name}.partial")  # 0777 & ~umask, as the moved export stays
     try:
         records, files = {}, {}
         for part_cls in tqdm(parts_for(geometry.modalities), desc=f"export {source.name} ({fmt.name})",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.data.files import atomic_output
+from zoo.atomic import atomic_path
 
 
 def write_heatmap(prediction, path: str | Path, patch_size: int | None = None) -> Path:
@@ -35,7 +35,7 @@ def write_heatmap(prediction, path: str | Path, patch_size: int | None = None) -
         fig.colorbar(squares, ax=ax, fraction=0.046, label="attention")
     fig.suptitle(f"{prediction.predicted_class} ({prediction.probabilities.max():.2f})")
     path = Path(path)
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path

@@ -27,6 +27,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from zoo.atomic import make_temp_dir
+
 PYTHON_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
 _ERROR_LINE = re.compile(r"^E\d{4} |failed to load|UNAVAILABLE|error:|Invalid argument", re.IGNORECASE)
 
@@ -71,7 +73,7 @@ def prepare_backend_dir(home: Path | None = None, root: Path | None = None) -> P
     if (target / "python" / "triton_python_backend_stub").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+    staging = make_temp_dir(root, target.name)  # 0777 & ~umask once moved into place, not mkdtemp's 0700
     (staging / "python").mkdir()
     for src in sources:
         shutil.copy2(src, staging / "python" / src.name)

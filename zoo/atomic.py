@@ -1,18 +1,19 @@
 """Atomic file writes: write a temp file in the destination's directory, then os.replace.
 
 A reader (or a process killed mid-write) sees either the old file or the complete new one, never a partial file.
+Temp files and dirs are created with the usual permissions (0666 / 0777 & ~umask, as open() and mkdir() give),
+not mkstemp's 0600, so a served output stays readable by a Triton server or a colleague under another uid.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
-
 
 # Temp names carry the writer's pid (".<name>.pid<pid>.<random>..."), so a later run can tell the leftovers of a
 # writer that was killed (SIGKILL, OOM killer, power loss: no cleanup ran) from files a live writer still owns.
@@ -56,14 +57,39 @@ def remove_orphaned_temps(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _new_temp(parent: Path, name: str, suffix: str, directory: bool) -> Path:
+    """Create a fresh pid-tagged temp file (0666 & ~umask) or dir (0777 & ~umask) in `parent`."""
+    for _ in range(100):
+        candidate = parent / f"{temp_prefix(name)}{secrets.token_hex(4)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(candidate, 0o777)
+            else:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temp name for {name!r} in {parent}")
+
+
+def make_temp_dir(parent: str | os.PathLike, name: str) -> Path:
+    """A pid-tagged staging dir for `name` in `parent`, with the mode mkdir gives (moved into place when done)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    return _new_temp(parent, name, "", directory=True)
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path next to `path`; on success it replaces `path`, on error it is removed."""
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path next to `path`; on success it replaces `path`, on error it is removed.
+
+    The temp name ends with `.tmp` + `suffix` (default: `path`'s own suffixes, e.g. `.nii.gz`), so writers that
+    dispatch on the extension still work.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    ending = ".tmp" + ("".join(path.suffixes) if suffix is None else suffix)
+    tmp_path = _new_temp(path.parent, path.name, ending, directory=False)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -72,7 +98,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], suffix: str = "") -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], suffix: str | None = None) -> Path:
     """Call `write(tmp_path)` and move the result onto `path` atomically."""
     with atomic_path(path, suffix=suffix) as tmp:
         write(tmp)

@@ -40,3 +40,40 @@ def test_ordered_results_raise_in_order_and_cancel_what_is_queued():
             next(results)
         gate.set()
     assert list(results) == [] and 3 not in started  # item 3 was cancelled, never run
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_writers_give_the_usual_permissions(tmp_path, umask, mode):
+    """Not mkstemp's 0600: a Triton server or a colleague under another uid must be able to read an output."""
+    import os
+    import stat
+
+    from zoo.atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text
+
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+        atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+        atomic_write(tmp_path / "best.pt", lambda tmp: tmp.write_bytes(b"x"))
+        with atomic_path(tmp_path / "volume.nii.gz") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["config.yaml", "metrics.json", "best.pt", "volume.nii.gz"], mode)
+
+
+def test_staging_dirs_get_the_usual_permissions_and_pid_tagged_names(tmp_path):
+    import os
+    import stat
+
+    from zoo.atomic import make_temp_dir, remove_orphaned_temps
+
+    previous = os.umask(0o022)
+    try:
+        staging = make_temp_dir(tmp_path, "entry.partial")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(staging.stat().st_mode) == 0o755
+    assert staging.name.startswith(f".entry.partial.pid{os.getpid()}.")
+    assert remove_orphaned_temps(tmp_path) == [] and staging.is_dir()  # its writer (this process) is alive

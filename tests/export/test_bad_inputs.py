@@ -91,6 +91,22 @@ def test_failed_export_leaves_nothing_and_keeps_previous_export(tiny_checkpoint,
     load_manifest(kept / ENTRY)  # the previous export is intact
 
 
+def test_export_is_readable_by_others(tiny_checkpoint, sizes, tmp_path):
+    """The export dir (a staging dir moved into place) is 0777 & ~umask, its files (manifest.json too) 0666 & ~umask."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        result = export_checkpoint(Target(tiny_checkpoint(ENTRY), ENTRY), LEGACY, tmp_path, sizes=sizes,
+                                   progress=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(result.directory.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in result.directory.iterdir()}
+    assert "manifest.json" in modes and modes == dict.fromkeys(modes, 0o644)
+
+
 def test_tampered_or_missing_files_are_detected(tiny_checkpoint, sizes, tmp_path):
     result = export_checkpoint(Target(tiny_checkpoint(ENTRY), ENTRY), LEGACY, tmp_path, sizes=sizes, progress=False)
     graph = result.directory / "fusion_head.onnx"

@@ -52,6 +52,18 @@ def test_checkpoint_roundtrip_is_weights_only_safe_and_atomic(tmp_path):
     assert torch.equal(torch.rand(5), expected)
 
 
+def test_saved_checkpoint_is_readable_by_others(tmp_path):
+    """best.pt / last.pt get 0666 & ~umask (a Triton server or colleague under another uid reads them)."""
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "best.pt", {"entry": "e", "config": {}, "state_dict": {}})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -1,20 +1,18 @@
-"""Small helpers shared by the data layer: atomic writes, safe identifiers, worker counts and ordered pools."""
+"""Small helpers shared by the data layer: safe identifiers, worker counts and ordered pools.
+
+Atomic writes (temp file + os.replace, pid-tagged temp names) are `zoo.atomic`'s.
+"""
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import os
 import re
-import tempfile
 from concurrent.futures import Executor
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-from zoo.atomic import remove_orphaned_temps, temp_prefix  # noqa: F401 - re-exported for the data layer
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -32,39 +30,6 @@ def validate_identifier(value: object, what: str = "patient_id") -> str:
             "(it becomes part of file names)"
         )
     return text
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
-
-    The temporary name keeps the final suffix(es) so writers that dispatch on the extension still work.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
 
 
 def default_workers(workers: int | None) -> int:

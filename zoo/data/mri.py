@@ -23,9 +23,10 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from tqdm import tqdm
 
+from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.cli_help import HelpFormatter
 
-from .files import atomic_output, default_workers, remove_orphaned_temps, validate_identifier
+from .files import default_workers, validate_identifier
 
 SEQUENCES: tuple[str, ...] = ("T1", "T2")
 DEFAULT_TARGET_SPACING = (1.0, 1.0, 3.0)
@@ -169,7 +170,7 @@ def _process_one(args: tuple) -> MRIResult:
         return MRIResult(pid, seq, out, "skipped")
     try:
         img = preprocess_volume(src, target_spacing, output_shape)
-        with atomic_output(out) as tmp:
+        with atomic_path(out) as tmp:
             nib.save(img, tmp)
         return MRIResult(pid, seq, out, "processed")
     except MRIError as e:

@@ -22,9 +22,10 @@ from PIL import Image, ImageDraw
 from skimage import color, morphology, util
 from tqdm import tqdm
 
+from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.cli_help import HelpFormatter
 
-from .files import atomic_output, default_workers, remove_orphaned_temps
+from .files import default_workers
 from .patches import TilingError, direct_tiles, open_slide, read_patches
 
 TILING_VERSION = 1
@@ -242,7 +243,7 @@ def _tile(slide_path: Path, output_dir: Path, h5_path: Path, patch_size: int, le
         attrs = {"slide_path": str(slide_path.resolve()), "slide_id": slide_path.stem, "width": int(width),
                  "height": int(height), "mpp": mpp, "level": level, "patch_size": patch_size, "patch_size_level0": size0,
                  "downsample": downsample, "tissue_threshold": threshold, "version": TILING_VERSION}
-    with atomic_output(h5_path) as tmp:
+    with atomic_path(h5_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("coords", data=coords)
             f["coords"].attrs["columns"] = "x,y (level 0, top-left)"
@@ -259,7 +260,7 @@ def _write_qc(path: Path, thumb: np.ndarray, mask: np.ndarray, coords: np.ndarra
     draw = ImageDraw.Draw(img)
     for x, y in coords:
         draw.rectangle([x / scale[0], y / scale[1], (x + size0) / scale[0] - 1, (y + size0) / scale[1] - 1], outline=(0, 0, 255))
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 
 

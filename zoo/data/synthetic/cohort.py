@@ -15,8 +15,9 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from zoo import spec
+from zoo.atomic import atomic_path, atomic_write_text
 
-from ..files import atomic_output, default_workers, write_text_atomic
+from ..files import default_workers
 from .clinical_table import clinical_row
 from .he_render import LAYOUT_DOWNSAMPLE, SlideRenderer, StainStyle, TumourStyle, make_layout
 from .mri_volume import DEFAULT_SHAPE, DEFAULT_SPACING, synthesize_breast_mri
@@ -25,7 +26,6 @@ from .svs_writer import write_svs
 
 GENERATOR_VERSION = 1
 COHORT_MANIFEST = "cohort.json"
-SPLITS = ("train", "val", "test")
 SLIDE_LATENT_JITTER = 0.25  # slide-to-slide variation of one tumour's morphology
 
 DEFAULT_SIGNALS = Signals(pathology=1.4, mri=1.3, clinical=0.8)
@@ -69,9 +69,9 @@ def _write_slide(ph: Phenotype, k: int, params: CohortParams, out: Path) -> None
     latent = ph.pathology + rng.normal(0, SLIDE_LATENT_JITTER, ph.pathology.shape)
     renderer = SlideRenderer(layout, TumourStyle.from_latent(latent), StainStyle.sample(rng), (params.seed, ph.index, k))
     write_svs(svs_path, width, height, renderer.render)
-    with atomic_output(mask_path) as tmp:
+    with atomic_path(mask_path) as tmp:
         Image.fromarray(layout.tumour_mask().astype(np.uint8) * 255).save(tmp, format="PNG")
-    write_text_atomic(mask_path.with_suffix(".json"), json.dumps({"downsample": LAYOUT_DOWNSAMPLE}))
+    atomic_write_text(mask_path.with_suffix(".json"), json.dumps({"downsample": LAYOUT_DOWNSAMPLE}))
 
 
 def _write_mri(ph: Phenotype, params: CohortParams, out: Path) -> None:
@@ -81,7 +81,7 @@ def _write_mri(ph: Phenotype, params: CohortParams, out: Path) -> None:
         return
     images = synthesize_breast_mri(patient_rng(params.seed, ph.index, "mri_render"), ph.mri, params.mri_shape, params.mri_spacing)
     for name, path in targets.items():
-        with atomic_output(path) as tmp:
+        with atomic_path(path) as tmp:
             nib.save(images[name], tmp)
 
 
@@ -147,7 +147,7 @@ def generate_cohort(
                 if f.is_file():
                     f.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(manifest_path, json.dumps({"generator": "zoo.data.synthetic", "version": GENERATOR_VERSION,
+    atomic_write_text(manifest_path, json.dumps({"generator": "zoo.data.synthetic", "version": GENERATOR_VERSION,
                                                  "complete": False, "params": params.as_json()}, indent=2))
 
     tasks = [(i, params, str(out)) for i in range(num_samples)]
@@ -165,7 +165,7 @@ def generate_cohort(
     table = pd.DataFrame([clinical_row(ph, seed) for ph in phenotypes])
     table[spec.CLINICAL_LABEL] = table[spec.CLINICAL_LABEL].astype(int)
     for split, idx in split_patients(table[spec.CLINICAL_LABEL].to_numpy(), seed).items():
-        with atomic_output(out / f"{split}_clinical.csv") as tmp:
+        with atomic_path(out / f"{split}_clinical.csv") as tmp:
             table.iloc[idx].to_csv(tmp, index=False)
     counts = {
         "patients": num_samples,
@@ -174,6 +174,6 @@ def generate_cohort(
         "patients_without_mri": int(sum(not ph.has_mri for ph in phenotypes)),
         "class_counts": {name: int((table[spec.CLINICAL_LABEL] == k).sum()) for k, name in enumerate(spec.CLASS_NAMES)},
     }
-    write_text_atomic(manifest_path, json.dumps({"generator": "zoo.data.synthetic", "version": GENERATOR_VERSION,
+    atomic_write_text(manifest_path, json.dumps({"generator": "zoo.data.synthetic", "version": GENERATOR_VERSION,
                                                  "complete": True, "params": params.as_json(), "counts": counts}, indent=2))
     return out

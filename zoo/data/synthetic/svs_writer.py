@@ -17,7 +17,9 @@ from typing import Callable, Iterator
 import numpy as np
 import tifffile
 
-from ..files import atomic_output, ordered_results
+from zoo.atomic import atomic_path
+
+from ..files import ordered_results
 
 TILE = 256
 LEVEL_FACTOR = 4
@@ -103,7 +105,7 @@ def write_svs(
     common = dict(tile=(TILE, TILE), photometric="rgb", compression="jpeg", compressionargs={"level": quality},
                   metadata=None)
     bigtiff = width * height * 3 > 2**31
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
             tif.write(level0_tiles(), shape=(height, width, 3), dtype=np.uint8,
                       description=aperio_description(width, height, mpp, magnification, quality, path.stem), **common)
