@@ -139,3 +139,23 @@ def test_viz_bad_input_is_a_clear_error(checkpoint, tmp_path, capsys):
     assert "NOPE" in capsys.readouterr().err
     assert viz_main(["fusion", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_leaderboard_reports_each_entrys_fraction_of_the_bayes_ceiling(tmp_path):
+    from zoo.analysis.sweep import leaderboard_markdown, read_ceilings, write_ceilings
+    from zoo.data.synthetic.cohort import COHORT_MANIFEST
+    from zoo.registry import get_entry
+
+    entries = [get_entry("attention"), get_entry("clinical_norec_only")]
+    assert write_ceilings(tmp_path, tmp_path, entries) == {}  # not a synthetic cohort: no ceiling, no file
+    (tmp_path / COHORT_MANIFEST).write_text(json.dumps({"params": {
+        "signals": {"pathology": 1.4, "mri": 1.3, "clinical": 0.8}, "missing_mri": 0.04, "missing_wsi": 0.04}}))
+    found = write_ceilings(tmp_path, tmp_path, entries)
+    assert found == read_ceilings(tmp_path) and set(found) == {"path+mri+clin", "clin-norec"}
+    assert found["path+mri+clin"] > 0.85 > 0.45 > found["clin-norec"]
+    rows = [{"entry": e.name, "seed": 0, "modalities": label, "fusion": "x", "status": "ok", "val_f1": 0.5,
+             "val_auc": 0.5, "test_f1": 0.3, "test_auc": 0.6, "test_accuracy": 0.5, "params": 10,
+             "train_time_s": 1.0, "error": ""} for e, label in zip(entries, ("path+mri+clin", "clin-norec"))]
+    table = leaderboard(pd.DataFrame(rows), found).set_index("entry")
+    assert table.loc["attention", "of_ceiling"] == pytest.approx(0.3 / found["path+mri+clin"])
+    assert "test F1 / ceiling" in leaderboard_markdown(table.reset_index(), pd.DataFrame())

@@ -31,7 +31,7 @@ import pandas as pd
 from zoo.analysis.plots import grouped_bar_chart
 from zoo.atomic import atomic_write_json, atomic_write_text
 from zoo.cli_help import HelpFormatter
-from zoo.spec import CLINICAL_FEATURES, MODALITIES
+from zoo.spec import CLINICAL_FEATURES, METRICS_FILE, MODALITIES, RECIPES
 
 SHORT_MODALITY = {"pathology": "path", "mri": "mri", "clinical": "clin"}
 RUN_COLUMNS = ["entry", "seed", "fold", "modalities", "fusion", "status", "val_f1", "val_auc", "test_f1", "test_auc",
@@ -67,8 +67,9 @@ def run_row(entry: Any, seed: int, result: dict[str, Any] | None, error: str = "
     }
 
 
-def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per entry (successful runs), sorted by mean test F1."""
+def leaderboard(runs: pd.DataFrame, ceilings: dict[str, float] | None = None) -> pd.DataFrame:
+    """Mean and std over seeds per entry (successful runs), sorted by mean test F1. With `ceilings` (modality
+    label -> the cohort's Bayes ceiling, zoo.data.synthetic.ceiling), also `ceiling` and `of_ceiling`."""
     ok = runs[runs["status"] == "ok"]
     metrics = ["val_f1", "val_auc", "test_f1", "test_auc", "test_accuracy", "train_time_s"]
     if ok.empty:
@@ -80,6 +81,9 @@ def leaderboard(runs: pd.DataFrame) -> pd.DataFrame:
     for m in metrics:
         table[f"{m}_mean"] = grouped[m].mean()
         table[f"{m}_std"] = grouped[m].std(ddof=0)
+    if ceilings:
+        table["ceiling"] = [ceilings.get(label, np.nan) for label in table["modalities"]]
+        table["of_ceiling"] = table["test_f1_mean"] / table["ceiling"]
     return table.reset_index().sort_values("test_f1_mean", ascending=False, kind="stable")
 
 
@@ -87,13 +91,20 @@ def leaderboard_markdown(table: pd.DataFrame, failures: pd.DataFrame, note: str 
     def pm(row: pd.Series, m: str) -> str:
         return f"{row[f'{m}_mean']:.3f} ± {row[f'{m}_std']:.3f}"
 
+    has_ceiling = "ceiling" in table.columns and table["ceiling"].notna().any()
+    header = "| entry | modalities | fusion | test F1 | test AUC | val F1 | val AUC | params | train time (s) | seeds |"
     lines = ([note, ""] if note else []) + [
-        "| entry | modalities | fusion | test F1 | test AUC | val F1 | val AUC | params | train time (s) | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+        header + (" Bayes ceiling F1 | test F1 / ceiling |" if has_ceiling else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if has_ceiling else "")]
     for _, row in table.iterrows():
+        ceiling = f" {row['ceiling']:.3f} | {row['of_ceiling']:.0%} |" if has_ceiling else ""
         lines.append(f"| {row['entry']} | {row['modalities']} | {row['fusion']} | {pm(row, 'test_f1')} | "
                      f"{pm(row, 'test_auc')} | {pm(row, 'val_f1')} | {pm(row, 'val_auc')} | {int(row['params']):,} | "
-                     f"{row['train_time_s_mean']:.0f} | {row['seeds']} |")
+                     f"{row['train_time_s_mean']:.0f} | {row['seeds']} |{ceiling}")
+    if has_ceiling:
+        lines += ["", "Bayes ceiling: macro F1 of the MAP rule on the generator's own latents for the entry's "
+                  "modalities (python -m zoo.data.synthetic.ceiling); no model of the rendered files can beat it in "
+                  "expectation."]
     if not failures.empty:
         lines += ["", "Failed runs:", ""]
         lines += [f"- {r['entry']} (seed {r['seed']}): {r['error']}" for _, r in failures.iterrows()]
@@ -134,7 +145,7 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path, folds: int | None =
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False))
     scored_runs = runs if scored is None else pd.DataFrame(scored, columns=RUN_COLUMNS)
-    table = leaderboard(scored_runs)
+    table = leaderboard(scored_runs, read_ceilings(out_dir))
     note = "" if not folds else (f"{folds}-fold cross-validation over the whole cohort: test F1 / AUC are out-of-fold "
                                  "(every patient predicted once, by the fold that held it out); val F1 / AUC are the "
                                  "mean over folds of the early-stopping split.")
@@ -186,6 +197,32 @@ def write_ablation_shape(out_dir: Path, entries: Sequence[Any], folds: int,
     path = out_dir / "ablation_shape.md"
     atomic_write_text(path, shape_markdown(table, folds, patients, max(len(v) for v in oof.values())))
     return path
+
+
+CEILINGS_FILE = "ceilings.json"
+CEILING_PATIENTS = 100_000  # Monte Carlo patients: standard error ~0.003 F1, ~3 s
+
+
+def write_ceilings(out_dir: Path, data_dir: Path, entries: Sequence[Any]) -> dict[str, float]:
+    """ceilings.json: each entry's modality label -> the cohort's Bayes ceiling (synthetic cohorts; {} otherwise)."""
+    from zoo.data.synthetic.ceiling import CohortModel, ceilings, subset_key
+
+    try:
+        model = CohortModel.from_cohort(data_dir)
+    except FileNotFoundError:
+        return {}
+    features = {e.name: getattr(e, "clinical_features", CLINICAL_FEATURES) for e in entries}
+    subsets = {modality_label(e.modalities, features[e.name]): subset_key(e.modalities, features[e.name])
+               for e in entries}
+    found = ceilings(model, set(subsets.values()), patients=CEILING_PATIENTS)
+    table = {label: round(found[key]["ceiling"], 4) for label, key in subsets.items()}
+    atomic_write_json(out_dir / CEILINGS_FILE, table)
+    return table
+
+
+def read_ceilings(out_dir: Path) -> dict[str, float]:
+    path = Path(out_dir) / CEILINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def fold_run_dir(out_dir: Path, entry: Any, seed: int, fold: int | None) -> Path:
@@ -245,6 +282,8 @@ def run_sweep(
     log(f"sweep {out_dir.name}: {len(entries)} entries x {len(seeds)} seed(s)"
         f"{f' x {folds} folds' if folds else ''}: {', '.join(e.name for e in entries)}")
     views = prepare_fold_views(out_dir, entries, recipe, data_dir, overrides, folds, log) if folds else [None]
+    cohort = Path(data_dir) if data_dir is not None else _default_data_dir(entries[0], recipe, overrides)
+    write_ceilings(out_dir, cohort, entries)  # a quickstart cohort generated by the first run: written at the end
     rows: list[dict[str, Any]] = []
     scored: list[dict[str, Any]] = []
     table = None
@@ -257,9 +296,9 @@ def run_sweep(
                 run_dir = fold_run_dir(out_dir, entry, seed, fold)
                 run_dirs.append(run_dir)
                 t0 = time.perf_counter()
-                if resume and (run_dir / "metrics.json").is_file():
-                    fold_rows.append(run_row(entry, seed, json.loads((run_dir / "metrics.json").read_text()), fold=fold))
-                    log(f"{where}: finished earlier, read from {run_dir / 'metrics.json'}")
+                if resume and (run_dir / METRICS_FILE).is_file():
+                    fold_rows.append(run_row(entry, seed, json.loads((run_dir / METRICS_FILE).read_text()), fold=fold))
+                    log(f"{where}: finished earlier, read from {run_dir / METRICS_FILE}")
                     continue
                 try:
                     result = train_fn(entry.name, recipe=recipe, data_dir=view if folds else data_dir,
@@ -276,6 +315,8 @@ def run_sweep(
             if folds:
                 scored.append(out_of_fold_row(entry, seed, fold_rows, run_dirs))
             table = write_outputs(rows, out_dir, folds, scored if folds else None)
+    if not read_ceilings(out_dir) and write_ceilings(out_dir, cohort, entries):
+        table = write_outputs(rows, out_dir, folds, scored if folds else None)
     if folds and (shape := write_ablation_shape(out_dir, entries, folds, scored)) is not None:
         log(shape.read_text())
     log(f"leaderboard: {out_dir / 'leaderboard.md'}")
@@ -310,6 +351,13 @@ def report_sweep(out_dir: str | Path) -> pd.DataFrame:
     return table
 
 
+def _default_data_dir(entry: Any, recipe: str | None, overrides: Sequence[str]) -> Path:
+    from zoo.training.pipeline import default_recipe, resolve_entry_config
+
+    _, config = resolve_entry_config(entry.name, recipe or default_recipe()[0], None, overrides)
+    return Path(config["data"]["data_dir"])
+
+
 def _entry(name: str) -> Any:
     from zoo.registry import get_entry
 
@@ -325,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="keep the runs of an interrupted sweep that finished (their metrics.json exists)")
     parser.add_argument("--report", metavar="SWEEP_DIR", default=None,
                         help="no training: rewrite SWEEP_DIR's leaderboard and charts from its runs.csv")
-    parser.add_argument("--recipe", choices=["gpu", "cpu", "tiny"], default=None)
+    parser.add_argument("--recipe", choices=RECIPES, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--folds", type=int, default=None, metavar="K",
                         help="k-fold cross-validation over the whole cohort (train+val+test pooled; K >= 2)")
