@@ -8,16 +8,15 @@ import torch
 from torch import nn
 
 from zoo import spec
+from zoo.lookup import dotted_get
 
 
 def config_value(config: Mapping[str, Any], dotted: str) -> Any:
     """`config['a']['b']` for 'a.b', with an error naming the missing key."""
-    node: Any = config
-    for key in dotted.split("."):
-        if not isinstance(node, Mapping) or key not in node:
-            raise KeyError(f"checkpoint config lacks '{dotted}'; the checkpoint's resolved config is incomplete")
-        node = node[key]
-    return node
+    try:
+        return dotted_get(config, dotted)
+    except KeyError:
+        raise KeyError(f"checkpoint config lacks '{dotted}'; the checkpoint's resolved config is incomplete") from None
 
 
 @dataclass(frozen=True)

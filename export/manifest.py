@@ -10,11 +10,14 @@ import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from export.geometry import Geometry, config_value
-from export.signature import Signature, TORCH_DTYPES
 from zoo import spec
+from zoo.hashing import sha256_file
+
+if TYPE_CHECKING:  # torch-free at import: triton_repo reads ManifestError and MANIFEST_NAME from here
+    from export.geometry import Geometry
+    from export.signature import Signature
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -34,6 +37,8 @@ def preprocessing_constants(config: Mapping[str, Any], recorded: Mapping[str, An
 
     Values recorded by the trainer in the checkpoint win over those re-read from its config.
     """
+    from export.geometry import config_value
+
     recorded = dict(recorded or {})
     table = {
         spec.KEY_PATHOLOGY: lambda: {
@@ -106,6 +111,8 @@ def _require(cond: bool, where: str, message: str) -> None:
 
 
 def _check_tensor(t: Any, where: str) -> None:
+    from export.signature import TORCH_DTYPES
+
     _require(isinstance(t, dict) and {"name", "dtype", "shape"} <= set(t), where,
              "tensor needs name, dtype and shape")
     _require(t["dtype"] in TORCH_DTYPES, where, f"dtype {t['dtype']!r} is not one of {sorted(TORCH_DTYPES)}")
@@ -121,7 +128,6 @@ def load_manifest(path: str | os.PathLike, verify_files: bool = True, require_pa
     export passed its parity check (`require_parity`).
     """
     from export.parts import parts_for
-    from export.source import sha256_file
 
     path = Path(path)
     file = path / MANIFEST_NAME if path.is_dir() else path
@@ -171,4 +177,6 @@ def load_manifest(path: str | os.PathLike, verify_files: bool = True, require_pa
 
 
 def part_signature(manifest: Mapping[str, Any], part: str) -> Signature:
+    from export.signature import Signature
+
     return Signature.from_json(manifest["parts"][part])

@@ -1,7 +1,8 @@
-"""Tensor names of every exported graph, chosen once here and written to the manifest.
+"""Part names and tensor names of every exported graph, chosen once here and written to the manifest.
 
 Batch keys and aux keys are reused from `zoo.spec` so a served tensor has the same name as the batch key the
-model was trained with. Serving code reads these names from the manifest, never from this module.
+model was trained with. Serving code reads tensor names from the manifest; it imports the part names from here
+(this module is torch-free: `import triton_repo.client` must not load torch).
 """
 from __future__ import annotations
 
@@ -16,6 +17,21 @@ CLINICAL = spec.KEY_CLINICAL
 PRESENCE = spec.KEY_PRESENCE
 FUSION_ATTENTION = spec.AUX_FUSION_ATTENTION
 PROBABILITIES = "probabilities"
+
+# Served parts (one graph file each), in the order a request flows through them.
+PATCH_ENCODER = "patch_encoder"
+MIL_POOL = "mil_pool"
+MRI_ENCODER = "mri_encoder"
+CLINICAL_ENCODER = "clinical_encoder"
+FUSION_HEAD = "fusion_head"
+WHOLE_MODEL = "model"
+
+# The part that turns each modality's input into its embedding (pathology: patches -> features -> mil_pool).
+MODALITY_ENCODER: dict[str, str] = {
+    spec.KEY_PATHOLOGY: PATCH_ENCODER,
+    spec.KEY_MRI: MRI_ENCODER,
+    spec.KEY_CLINICAL: CLINICAL_ENCODER,
+}
 
 # Dynamic axis symbols (ONNX dim_param, TorchScript documentation).
 DIM_PATCHES = "num_patches"

@@ -168,14 +168,15 @@ def check_int8_chain(directory: Path, fmt: ExportFormat, model: torch.nn.Module,
                      tolerance: float = INT8_PROBABILITY_TOLERANCE) -> list[OutputCheck]:
     """What quantization does to a patient's prediction: the real patients' patches through the exported int8
     patch_encoder, then the (separately verified) fp32 MIL pooling and fusion head, against the all-fp32 model."""
-    encoder_cls, mil_cls, head_cls = (PARTS_BY_NAME[n] for n in ("patch_encoder", "mil_pool", "fusion_head"))
-    run_encoder = fmt.runner(directory / part_files["patch_encoder"], encoder_cls.signature(geometry))
+    encoder_cls, mil_cls, head_cls = (PARTS_BY_NAME[n] for n in (names.PATCH_ENCODER, names.MIL_POOL,
+                                                                  names.FUSION_HEAD))
+    run_encoder = fmt.runner(directory / part_files[names.PATCH_ENCODER], encoder_cls.signature(geometry))
     mil, head = (cls(model, geometry).eval() for cls in (mil_cls, head_cls))
     head_inputs = head_cls.signature(geometry).input_names
-    heads = {c.label: c.inputs for c in real_cases.get("fusion_head", [])}
-    fp32_features = {c.label: c.inputs[names.PATCH_FEATURES] for c in real_cases.get("mil_pool", [])}
+    heads = {c.label: c.inputs for c in real_cases.get(names.FUSION_HEAD, [])}
+    fp32_features = {c.label: c.inputs[names.PATCH_FEATURES] for c in real_cases.get(names.MIL_POOL, [])}
     checks = []
-    for case in real_cases.get("patch_encoder", []):
+    for case in real_cases.get(names.PATCH_ENCODER, []):
         if case.label not in heads or case.label not in fp32_features:
             continue
         patches = case.inputs[names.PATCHES]
@@ -217,7 +218,7 @@ def check_parity(directory: Path, fmt: ExportFormat, model: torch.nn.Module, geo
             continue
         allowed = part_tolerance(precision, name) if override is None else float(override)
         report.checks += check_part(part_cls, reference, runner, signature, cases, allowed)
-    if precision == "int8" and real_cases and "patch_encoder" in part_files:
+    if precision == "int8" and real_cases and names.PATCH_ENCODER in part_files:
         report.checks += check_int8_chain(directory, fmt, model, geometry, part_files, real_cases)
     report.seconds = time.perf_counter() - start
     report.write(directory)
@@ -253,21 +254,21 @@ def real_cases(data_dir: Path, config: dict[str, Any], model: torch.nn.Module, g
             patches = item[spec.KEY_PATHOLOGY]
             mask = item[spec.KEY_PATHOLOGY_MASK].bool()
             kept = patches[mask] if mask.any() else patches[:1]
-            add("patch_encoder", label, {names.PATCHES: kept.contiguous()})
+            add(names.PATCH_ENCODER, label, {names.PATCHES: kept.contiguous()})
             features = model.patch_encoder(kept)
-            add("mil_pool", label, {names.PATCH_FEATURES: features.contiguous()})
+            add(names.MIL_POOL, label, {names.PATCH_FEATURES: features.contiguous()})
             embeddings[spec.KEY_PATHOLOGY], _ = model.mil(features.unsqueeze(0), torch.ones(1, len(kept), dtype=torch.bool))
             whole.update({names.PATCHES: patches.unsqueeze(0), names.PATCH_MASK: mask.unsqueeze(0)})
-        for modality, part, key in ((spec.KEY_MRI, "mri_encoder", names.MRI),
-                                    (spec.KEY_CLINICAL, "clinical_encoder", names.CLINICAL)):
+        for modality, part, key in ((spec.KEY_MRI, names.MRI_ENCODER, names.MRI),
+                                    (spec.KEY_CLINICAL, names.CLINICAL_ENCODER, names.CLINICAL)):
             if modality in geometry.modalities:
                 x = item[modality].float().unsqueeze(0)
                 add(part, label, {key: x})
                 embeddings[modality] = getattr(model, part)(x)
                 whole[key] = x
-        add("fusion_head", label, {**{names.embedding(m): embeddings[m] for m in geometry.modalities},
+        add(names.FUSION_HEAD, label, {**{names.embedding(m): embeddings[m] for m in geometry.modalities},
                                    names.PRESENCE: presence})
-        add("model", label, {**whole, names.PRESENCE: presence})
+        add(names.WHOLE_MODEL, label, {**whole, names.PRESENCE: presence})
     return cases
 
 

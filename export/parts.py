@@ -105,7 +105,7 @@ class Part(nn.Module):
 
 
 class PatchEncoderPart(Part):
-    name = "patch_encoder"
+    name = names.PATCH_ENCODER
     modality = spec.KEY_PATHOLOGY
 
     def bind(self, model: nn.Module) -> None:
@@ -128,7 +128,7 @@ class PatchEncoderPart(Part):
 
 
 class MilPoolPart(Part):
-    name = "mil_pool"
+    name = names.MIL_POOL
     modality = spec.KEY_PATHOLOGY
 
     def bind(self, model: nn.Module) -> None:
@@ -184,7 +184,7 @@ class BatchEncoderPart(Part):
 
 
 class MriEncoderPart(BatchEncoderPart):
-    name = "mri_encoder"
+    name = names.MRI_ENCODER
     modality = spec.KEY_MRI
     input_name = names.MRI
     attribute = "mri_encoder"
@@ -195,7 +195,7 @@ class MriEncoderPart(BatchEncoderPart):
 
 
 class ClinicalEncoderPart(BatchEncoderPart):
-    name = "clinical_encoder"
+    name = names.CLINICAL_ENCODER
     modality = spec.KEY_CLINICAL
     input_name = names.CLINICAL
     attribute = "clinical_encoder"
@@ -212,7 +212,7 @@ def with_presence(case: Case, rows: Sequence[Sequence[bool]]) -> Case:
 
 
 class FusionHeadPart(Part):
-    name = "fusion_head"
+    name = names.FUSION_HEAD
 
     def bind(self, model: nn.Module) -> None:
         self.head = model.fusion_head
@@ -251,7 +251,7 @@ class FusionHeadPart(Part):
 class WholeModelPart(Part):
     """The whole model in one graph, for in-process use: padded bags + mask, other modalities, presence."""
 
-    name = "model"
+    name = names.WHOLE_MODEL
 
     def bind(self, model: nn.Module) -> None:
         self.model = model

@@ -18,9 +18,10 @@ from export.manifest import build_manifest, part_record, preprocessing_constants
 from export.parity import ParityReport, check_parity, real_cases
 from export.parts import ParitySizes, PatchEncoderPart, parts_for
 from export.quantize import QUANTIZED_PARTS, calibration_patches_from_cohort, quantize_int8
-from export.source import Target, load_source, sha256_file
+from export.source import Target, load_source
 from zoo import spec
 from zoo.atomic import make_temp_dir, remove_orphaned_temps
+from zoo.hashing import sha256_file
 
 DEFAULT_OPSET = 18
 

@@ -16,9 +16,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from export import names
 from export.formats import ExportError
 
-QUANTIZED_PARTS = ("patch_encoder",)
+QUANTIZED_PARTS = (names.PATCH_ENCODER,)
 DEFAULT_CALIBRATION_PATCHES = 256
 CALIBRATION_BATCH = 16
 METHOD = ("onnxruntime static quantization, QDQ format: int8 weights per output channel (7-bit range), uint8 "

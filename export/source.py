@@ -4,7 +4,6 @@ Checkpoints are read with `torch.load(weights_only=True)` (via `zoo.checkpoint.l
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from zoo import spec
+from zoo.hashing import sha256_file
 
 DEFAULT_CHECKPOINT_ROOT = Path("outputs")
 CHECKPOINT_NAME = "best.pt"
@@ -54,14 +54,6 @@ class ExportSource:
     @property
     def config(self) -> dict[str, Any]:
         return self.payload["config"]
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def get_entry(name: str) -> Any:

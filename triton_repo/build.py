@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                            tensorrt_fp16=args.tensorrt_fp16, instance_count=args.instances)
     try:
         built = build_repository(args.export_dir, args.output, options, args.overwrite)
-    except (mf.ManifestError, BuildError, cfg_mod.ConfigError) as err:
+    except (mf.ManifestError, BuildError, cfg_mod.ModelConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for entry, names in built.items():

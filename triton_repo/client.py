@@ -171,7 +171,7 @@ class SlideClient:
                 print(f"warning: {err}; slide skipped", file=sys.stderr)
         return bags
 
-    def _modality_input(self, modality: str) -> mf.TensorSpec:
+    def _modality_input(self, modality: str) -> mf.ServedTensor:
         if modality not in self.io.modality_inputs:
             raise ClientError(f"entry {self.entry!r} has no {modality} branch (modalities: "
                               f"{list(self.manifest.modalities)})")

@@ -18,8 +18,8 @@ _TRITON_DTYPES: dict[np.dtype, str] = {
 }
 
 
-class ConfigError(ValueError):
-    """A model config that Triton's schema rejects."""
+class ModelConfigError(ValueError):
+    """A Triton model config (config.pbtxt) that Triton's schema rejects."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class ModelConfig:
 def triton_dtype(dtype: np.dtype) -> str:
     dtype = np.dtype(dtype)
     if dtype not in _TRITON_DTYPES:
-        raise ConfigError(f"dtype {dtype} has no Triton equivalent")
+        raise ModelConfigError(f"dtype {dtype} has no Triton equivalent")
     return _TRITON_DTYPES[dtype]
 
 
@@ -108,4 +108,4 @@ def parse(text: str, where: str = "config.pbtxt") -> pb.ModelConfig:
     try:
         return text_format.Parse(text, pb.ModelConfig())
     except text_format.ParseError as err:
-        raise ConfigError(f"{where}: not a valid Triton ModelConfig: {err}") from None
+        raise ModelConfigError(f"{where}: not a valid Triton ModelConfig: {err}") from None

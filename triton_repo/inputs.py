@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from triton_repo.manifest import ExportManifest, TensorSpec
+from triton_repo.manifest import ExportManifest, ServedTensor
 
 
 @dataclass
@@ -23,7 +23,7 @@ class SlideBag:
     batches: Iterable[np.ndarray]  # uint8 [n, 3, H, W] each, N patches in total
 
 
-def _check(array: np.ndarray, tensor: TensorSpec, what: str, batched: bool) -> np.ndarray:
+def _check(array: np.ndarray, tensor: ServedTensor, what: str, batched: bool) -> np.ndarray:
     """`array` as one item (batched=False: without the leading batch axis) of `tensor`."""
     expected = tensor.shape[1:] if not batched else tensor.shape
     array = np.asarray(array)
@@ -92,7 +92,7 @@ def array_bag(slide_id: str, coords: np.ndarray, patches: np.ndarray, batch_size
 
 
 def mri_tensor(mri: str | Path | Sequence[str | Path] | np.ndarray, manifest: ExportManifest,
-               tensor: TensorSpec) -> np.ndarray:
+               tensor: ServedTensor) -> np.ndarray:
     """MRI as one item [C, X, Y, Z] float32: an array passes through; paths (one per sequence) are preprocessed."""
     if isinstance(mri, np.ndarray):
         return _check(mri, tensor, "mri array", batched=False)
@@ -108,7 +108,7 @@ def mri_tensor(mri: str | Path | Sequence[str | Path] | np.ndarray, manifest: Ex
 
 
 def clinical_tensor(clinical: Mapping[str, Any] | np.ndarray, manifest: ExportManifest,
-                    tensor: TensorSpec) -> np.ndarray:
+                    tensor: ServedTensor) -> np.ndarray:
     """Clinical features as one item [F] float32, encoded with the export's preprocessor when given as a dict."""
     if isinstance(clinical, np.ndarray):
         return _check(clinical, tensor, "clinical array", batched=False)

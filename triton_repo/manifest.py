@@ -1,12 +1,12 @@
 """A read-only view of an export manifest, in the terms the Triton layer needs.
 
 The manifest is written by `export`. Building a repository (verify_files=True) reads it with the exporter's own
-validator `export.manifest.load_manifest` when importable; clients read the repository's copy, checked at build
-time, as plain JSON (no torch import). Tensor names always come from the manifest.
+validator `export.manifest.load_manifest`; clients read the repository's copy, checked at build time, as plain
+JSON (no torch import). Tensor names always come from the manifest; part names, `MANIFEST_NAME` and
+`ManifestError` are the exporter's (`export.names`, `export.manifest`: both torch-free at import).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,24 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from export.manifest import MANIFEST_NAME, ManifestError, load_manifest
+from export.names import (  # noqa: F401 - the served part names, re-exported for the Triton layer
+    CLINICAL_ENCODER,
+    FUSION_HEAD,
+    MIL_POOL,
+    MODALITY_ENCODER,
+    MRI_ENCODER,
+    PATCH_ENCODER,
+    WHOLE_MODEL,
+)
 from zoo import spec
-
-MANIFEST_NAME = "manifest.json"
-
-# Served parts, in the order a request flows through them.
-PATCH_ENCODER = "patch_encoder"
-MIL_POOL = "mil_pool"
-MRI_ENCODER = "mri_encoder"
-CLINICAL_ENCODER = "clinical_encoder"
-FUSION_HEAD = "fusion_head"
-WHOLE_MODEL = "model"
-
-# Which encoder part turns each modality's input into its embedding.
-MODALITY_ENCODER: dict[str, str] = {
-    spec.MODALITIES[0]: PATCH_ENCODER,
-    spec.MODALITIES[1]: MRI_ENCODER,
-    spec.MODALITIES[2]: CLINICAL_ENCODER,
-}
+from zoo.hashing import sha256_file
 
 _DTYPES: dict[str, np.dtype] = {
     "bool": np.dtype(bool), "uint8": np.dtype(np.uint8), "int8": np.dtype(np.int8),
@@ -43,12 +37,11 @@ _DTYPE_ALIASES = {"float": "float32", "double": "float64", "fp32": "float32", "f
                   "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(int64)": "int64"}
 
 
-class ManifestError(ValueError):
-    """The export manifest is unreadable, incomplete, or does not match its files."""
-
-
 @dataclass(frozen=True)
-class TensorSpec:
+class ServedTensor:
+    """A part's tensor as Triton serves it: numpy dtype, -1 for a dynamic axis (export.signature.ServedTensor is
+    the exporter's: dtype name, dynamic axes as symbols)."""
+
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]  # -1 marks a dynamic axis
@@ -63,18 +56,18 @@ class PartSpec:
     name: str
     path: Path
     sha256: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    inputs: tuple[ServedTensor, ...]
+    outputs: tuple[ServedTensor, ...]
     files: tuple[tuple[str, str], ...] = ()  # every file of the part (graph + external data): (name, sha256)
 
     @property
     def all_files(self) -> tuple[tuple[str, str], ...]:
         return self.files or ((self.path.name, self.sha256),)
 
-    def input(self, index: int = 0) -> TensorSpec:
+    def input(self, index: int = 0) -> ServedTensor:
         return self.inputs[index]
 
-    def output(self, index: int = 0) -> TensorSpec:
+    def output(self, index: int = 0) -> ServedTensor:
         return self.outputs[index]
 
 
@@ -99,22 +92,22 @@ class ExportManifest:
 
     # Roles inside parts, by position (the export contract: README.md, Export, Parts and tensors).
     @property
-    def fusion_presence(self) -> TensorSpec:
+    def fusion_presence(self) -> ServedTensor:
         return self.part(FUSION_HEAD).inputs[-1]
 
-    def fusion_embedding_input(self, modality: str) -> TensorSpec:
+    def fusion_embedding_input(self, modality: str) -> ServedTensor:
         return self.part(FUSION_HEAD).inputs[self.modalities.index(modality)]
 
     @property
-    def probabilities(self) -> TensorSpec:
+    def probabilities(self) -> ServedTensor:
         return self.part(FUSION_HEAD).outputs[0]
 
     @property
-    def fusion_attention(self) -> TensorSpec:
+    def fusion_attention(self) -> ServedTensor:
         return self.part(FUSION_HEAD).outputs[1]
 
     @property
-    def patch_attention(self) -> TensorSpec:
+    def patch_attention(self) -> ServedTensor:
         return self.part(MIL_POOL).outputs[1]
 
 
@@ -132,9 +125,9 @@ def parse_shape(value: Any, where: str) -> tuple[int, ...]:
     return tuple(int(d) if isinstance(d, int) and d >= 0 else -1 for d in value)
 
 
-def _tensor(raw: dict, where: str) -> TensorSpec:
+def _tensor(raw: dict, where: str) -> ServedTensor:
     try:
-        return TensorSpec(str(raw["name"]), parse_dtype(raw.get("dtype", raw.get("type")), where),
+        return ServedTensor(str(raw["name"]), parse_dtype(raw.get("dtype", raw.get("type")), where),
                           parse_shape(raw["shape"], where))
     except KeyError as err:
         raise ManifestError(f"{where}: tensor entry lacks {err}") from None
@@ -150,20 +143,10 @@ def _raw_parts(raw: dict, where: str) -> dict[str, dict]:
 
 
 def _read_raw(path: Path, verify_files: bool) -> dict:
-    load_manifest = None
     if verify_files:
-        # Building a repository: the exporter's own validator (schema, sha256, parity). It imports torch, which a
-        # client reading the repository's copy (validated at build time) does not need.
-        try:
-            from export.manifest import ManifestError as ExportManifestError
-            from export.manifest import load_manifest
-        except ImportError:
-            pass
-    if load_manifest is not None:
-        try:
-            return load_manifest(path, verify_files=verify_files)
-        except ExportManifestError as err:
-            raise ManifestError(str(err)) from None
+        # Building a repository: the exporter's own validator (schema, sha256, parity). It imports torch when
+        # called, which a client reading the repository's copy (validated at build time) does not need.
+        return load_manifest(path, verify_files=True)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -198,21 +181,13 @@ def load(export_dir: str | Path, verify_files: bool = True) -> ExportManifest:
         modalities=modalities, parts=parts, preprocessing=dict(raw.get("preprocessing") or {}))
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_file(path: Path, sha256: str, part: str) -> None:
     """Refuse a file that is missing or whose sha256 differs from the manifest."""
     if not path.is_file():
         raise ManifestError(f"{path}: file of part {part!r} is missing; re-export the entry")
     if not sha256:
         raise ManifestError(f"{path}: manifest gives no sha256 for part {part!r}; re-export the entry")
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != sha256:
         raise ManifestError(f"{path}: sha256 {actual} does not match the manifest's {sha256} "
                             f"for part {part!r}; the file changed after export, re-export the entry")

@@ -13,7 +13,7 @@ import numpy as np
 from triton_repo.config import ModelConfig, Step, Tensor
 from triton_repo.manifest import (
     CLINICAL_ENCODER, FUSION_HEAD, MIL_POOL, MODALITY_ENCODER, MRI_ENCODER, PATCH_ENCODER, ExportManifest,
-    ManifestError, PartSpec, TensorSpec,
+    ManifestError, PartSpec, ServedTensor,
 )
 from zoo import spec
 
@@ -63,7 +63,7 @@ def part_config(manifest: ExportManifest, part_name: str, options: BuildOptions)
     flavor = FLAVORS[options.flavor]
     batching = _is_batchable(part)
 
-    def dims(t: TensorSpec) -> tuple[int, ...]:
+    def dims(t: ServedTensor) -> tuple[int, ...]:
         return t.shape[1:] if batching else t.shape
 
     accelerators = ()
@@ -88,18 +88,18 @@ def part_config(manifest: ExportManifest, part_name: str, options: BuildOptions)
 class EnsembleIO:
     """Exposed tensors of one ensemble: inputs per modality, presence, and outputs."""
     name: str
-    modality_inputs: dict[str, TensorSpec]
-    presence: TensorSpec
-    probabilities: TensorSpec
-    fusion_attention: TensorSpec
-    patch_attention: TensorSpec | None
+    modality_inputs: dict[str, ServedTensor]
+    presence: ServedTensor
+    probabilities: ServedTensor
+    fusion_attention: ServedTensor
+    patch_attention: ServedTensor | None
 
 
-def _intermediate(part: str, tensor: TensorSpec) -> str:
+def _intermediate(part: str, tensor: ServedTensor) -> str:
     return f"{part}__{tensor.name}"
 
 
-def _check_link(manifest: ExportManifest, src: tuple[str, TensorSpec], dst: tuple[str, TensorSpec]) -> None:
+def _check_link(manifest: ExportManifest, src: tuple[str, ServedTensor], dst: tuple[str, ServedTensor]) -> None:
     (src_part, a), (dst_part, b) = src, dst
     same_rank = len(a.shape) == len(b.shape)
     if a.dtype != b.dtype or not same_rank or any(x != y and -1 not in (x, y) for x, y in zip(a.shape, b.shape)):
@@ -108,19 +108,19 @@ def _check_link(manifest: ExportManifest, src: tuple[str, TensorSpec], dst: tupl
             f"{dst_part} input {b.name!r} {b.dtype}{list(b.shape)}; re-export with matching shapes")
 
 
-def _exposed(tensors: list[tuple[str, TensorSpec]]) -> dict[str, TensorSpec]:
+def _exposed(tensors: list[tuple[str, ServedTensor]]) -> dict[str, ServedTensor]:
     """Exposed names are the manifest's; if two roles share a name, both get their role as prefix."""
     counts: dict[str, int] = {}
     for _, t in tensors:
         counts[t.name] = counts.get(t.name, 0) + 1
-    return {part: (t if counts[t.name] == 1 else TensorSpec(f"{part}__{t.name}", t.dtype, t.shape))
+    return {part: (t if counts[t.name] == 1 else ServedTensor(f"{part}__{t.name}", t.dtype, t.shape))
             for part, t in tensors}
 
 
 def ensemble_io(manifest: ExportManifest, from_features: bool) -> EnsembleIO:
     """Exposed tensors of `<entry>` (from_features=False) or `<entry>_slide` (True)."""
     name = slide_ensemble_name(manifest.entry) if from_features else manifest.entry
-    roles: list[tuple[str, TensorSpec]] = []
+    roles: list[tuple[str, ServedTensor]] = []
     for modality in manifest.modalities:
         part = MIL_POOL if (modality == PATHOLOGY and from_features) else MODALITY_ENCODER[modality]
         roles.append((modality, manifest.part(part).input(0)))
@@ -193,6 +193,6 @@ def model_configs(manifest: ExportManifest, options: BuildOptions) -> list[Model
     return configs
 
 
-def placeholder(tensor: TensorSpec, batch: int = 1) -> np.ndarray:
+def placeholder(tensor: ServedTensor, batch: int = 1) -> np.ndarray:
     """Zeros standing in for a missing modality: dynamic axes get `batch` (one row / one patch)."""
     return np.zeros([batch if d == -1 else d for d in tensor.shape], dtype=tensor.dtype)

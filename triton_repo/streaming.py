@@ -17,7 +17,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from triton_repo.connection import with_retries
-from triton_repo.manifest import TensorSpec
+from triton_repo.manifest import ServedTensor
 
 
 class SharedMemorySlots:
@@ -61,8 +61,8 @@ class SharedMemorySlots:
 class PatchStreamer:
     """Encode patch chunks with `<entry>_patch_encoder`; results come back in submission order."""
 
-    def __init__(self, client: grpcclient.InferenceServerClient, model: str, patches: TensorSpec,
-                 features: TensorSpec, chunk_size: int = 256, in_flight: int = 4, shared_memory: bool = False,
+    def __init__(self, client: grpcclient.InferenceServerClient, model: str, patches: ServedTensor,
+                 features: ServedTensor, chunk_size: int = 256, in_flight: int = 4, shared_memory: bool = False,
                  retries: int = 0, backoff_s: float = 0.5):
         if chunk_size < 1 or in_flight < 1:
             raise ValueError(f"chunk_size and in_flight must be >= 1 (got {chunk_size}, {in_flight})")

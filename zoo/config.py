@@ -11,7 +11,6 @@ follow the data keys they depend on (setting them to anything else is an error).
 from __future__ import annotations
 
 import copy
-import difflib
 import fnmatch
 import functools
 import os
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
+
+from zoo.lookup import did_you_mean, dotted_get
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE_CONFIG_PATH = CONFIG_DIR / "breast_cancer_config.yaml"
@@ -72,9 +73,7 @@ def suggest_key(dotted: str) -> str:
     valid = _dotted_keys(_schema())
     leaf = dotted.rsplit(".", 1)[-1]
     same_leaf = [k for k in valid if k.rsplit(".", 1)[-1] == leaf]
-    close = difflib.get_close_matches(dotted, valid, n=3, cutoff=0.5)
-    picks = list(dict.fromkeys(same_leaf + close))[:3]
-    return f" Did you mean: {', '.join(picks)}?" if picks else ""
+    return did_you_mean(dotted, valid, prefer=same_leaf)
 
 
 def _accepted_types(dotted: str, default: Any) -> tuple[type, ...]:
@@ -135,12 +134,10 @@ def merge(base: Mapping, update: Mapping) -> dict:
 
 
 def _schema_default(dotted: str) -> Any:
-    node: Any = _schema()
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"unknown config key {dotted!r}.{suggest_key(dotted)}")
-        node = node[part]
-    return node
+    try:
+        return dotted_get(_schema(), dotted)
+    except KeyError:
+        raise ConfigError(f"unknown config key {dotted!r}.{suggest_key(dotted)}") from None
 
 
 def _coerce(dotted: str, value: Any) -> Any:
@@ -182,23 +179,14 @@ def override_tree(overrides: Iterable[Any]) -> dict:
     return tree
 
 
-def _get(tree: Mapping, dotted: str, default: Any = None) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 # Model keys fixed by data keys: dotted key -> (value from the merged config, how it is derived).
 DERIVED: dict[str, tuple[Callable[[Mapping], Any], str]] = {
     "model.modalities.clinical.input_dim": (
-        lambda c: 2 * len(_get(c, "data.modalities.clinical.features")),
+        lambda c: 2 * len(dotted_get(c, "data.modalities.clinical.features")),
         "2 x len(data.modalities.clinical.features) (values + missing-value indicators)",
     ),
     "model.modalities.mri.input_channels": (
-        lambda c: len(_get(c, "data.modalities.mri.sequences")),
+        lambda c: len(dotted_get(c, "data.modalities.mri.sequences")),
         "len(data.modalities.mri.sequences) (one channel per sequence)",
     ),
 }
@@ -219,7 +207,7 @@ def resolve_config(layers: Iterable[tuple[str, Mapping]]) -> dict:
         merged_layers = merge(merged_layers, layer)
     config = merge(_schema(), merged_layers)
     for dotted, (derive, how) in DERIVED.items():
-        expected, explicit = derive(config), _get(merged_layers, dotted)
+        expected, explicit = derive(config), dotted_get(merged_layers, dotted, None)
         if explicit is not None and explicit != expected:
             raise ConfigError(f"{dotted} = {explicit} but it must equal {how} = {expected}; "
                               f"set it to {expected} or leave it out")

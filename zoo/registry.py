@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from zoo import spec
 from zoo.config import CONFIG_DIR, ConfigError, override_tree, read_yaml, resolve_config
-from zoo.models._lookup import did_you_mean
+from zoo.lookup import did_you_mean
 
 FAMILY_DIR = CONFIG_DIR / "families"
 RECIPE_DIR = CONFIG_DIR / "recipes"

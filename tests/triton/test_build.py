@@ -74,7 +74,7 @@ def test_ensemble_maps_are_complete(repository):
 
 
 def test_renderer_rejects_what_triton_schema_rejects():
-    with pytest.raises(cfg.ConfigError, match="not a valid Triton ModelConfig"):
+    with pytest.raises(cfg.ModelConfigError, match="not a valid Triton ModelConfig"):
         cfg.parse('name: "x"\nmax_batch_size: 0\nbogus_field: 1\n')
     bad = cfg.ModelConfig("x", (cfg.Tensor("a", np.dtype(np.float32), (-1,)),), (), instance_kind="KIND_TPU")
     with pytest.raises(ValueError):
@@ -102,7 +102,7 @@ def test_build_cli_needs_overwrite_to_replace(exports, tmp_path, capsys):
 
 def test_mismatched_parts_are_refused_at_build_time(manifest):
     mil = manifest.part(mf.MIL_POOL)
-    wrong = mf.TensorSpec(mil.outputs[0].name, mil.outputs[0].dtype, (1, 999))
+    wrong = mf.ServedTensor(mil.outputs[0].name, mil.outputs[0].dtype, (1, 999))
     broken_mil = mf.PartSpec(mil.name, mil.path, mil.sha256, mil.inputs, (wrong, *mil.outputs[1:]))
     broken = mf.ExportManifest(manifest.entry, manifest.version, manifest.export_dir, manifest.class_names,
                                manifest.modalities, {**manifest.parts, mf.MIL_POOL: broken_mil})

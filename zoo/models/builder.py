@@ -16,7 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 from zoo import spec
-from zoo.models._lookup import lookup
+from zoo.lookup import lookup
 from zoo.models.fusion import FusionHead
 from zoo.models.mil import build_mil
 from zoo.models.multimodal import MultiModalModel

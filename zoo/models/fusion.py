@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from zoo.models._lookup import lookup
+from zoo.lookup import lookup
 from zoo.models.masking import masked_softmax, presence_weights
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zoo.models._lookup import lookup
+from zoo.lookup import lookup
 from zoo.models.masking import masked_softmax
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from zoo.models._lookup import lookup
+from zoo.lookup import lookup
 from zoo.models.weights import resolve_pretrained
 
 

@@ -10,7 +10,7 @@ from functools import partial
 
 from torch import nn
 
-from zoo.models._lookup import lookup
+from zoo.lookup import lookup
 from zoo.models.weights import resolve_pretrained
 
 

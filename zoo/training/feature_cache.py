@@ -23,17 +23,10 @@ from zoo.training import distributed as ddp
 from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.data.patches import iter_patch_batches
 from zoo.data.tile import load_coords
+from zoo.hashing import sha256_file
 
 FEATURE_CACHE_VERSION = 1
 FEATURES_DIRNAME = "features"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_hash(module: nn.Module) -> str:
