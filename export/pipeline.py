@@ -71,6 +71,12 @@ def export_checkpoint(target: Target, fmt: ExportFormat, output_dir: Path, *, op
     if precision not in fmt.precisions:
         raise ExportError(f"{fmt.name} export supports precision {list(fmt.precisions)}, not {precision!r}")
     source = load_source(target, version)
+    if spec.KEY_PATHOLOGY in source.entry.modalities and getattr(source.model, "patch_encoder", None) is None:
+        stored = source.config["data"]["modalities"]["pathology"]
+        raise ExportError(f"{source.name} was trained on stored patch features ({stored.get('features_dir')}, encoder "
+                          f"{stored.get('features_encoder') or 'unknown'}) and has no patch encoder to export; "
+                          "exporting only its MIL, encoders and fusion head is not supported yet (serve the "
+                          "features' own encoder, or train with a zoo patch encoder)")
     quantization = None
     if precision == "int8":
         if calibration is None and data_dir is None:

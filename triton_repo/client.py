@@ -129,20 +129,60 @@ class SlideClient:
             return np.zeros((0, 0), np.float32), np.zeros((0, 3), np.int64), ()
         return np.concatenate(features), np.concatenate(coords), tuple(ids)
 
+    def stored_features(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        """Precomputed patch features of TRIDENT (features_<enc>/<slide>.h5) or CLAM (h5_files/<slide>.h5) files:
+        (features [N,D], coords [N,3] = (slide index, x, y), slide ids); empty slides are skipped."""
+        from zoo.data.feature_files import read_feature_file
+
+        spec_ = self._modality_input(PATHOLOGY)
+        dim = int(spec_.shape[-1])
+        features, coords, ids = [], [], []
+        for path in paths:
+            if Path(path).suffix != ".h5":
+                raise ClientError(f"{path}: --features takes TRIDENT/CLAM .h5 feature files (CLAM's pt_files have no "
+                                  "coords; use its h5_files)")
+            slide = read_feature_file(path)
+            if dim > 0 and slide.features.shape[1] != dim and len(slide.features):
+                raise ClientError(f"{path}: {slide.features.shape[1]}-d features, but {self.entry!r} pools {dim}-d "
+                                  "ones; extract them with the encoder the model was trained on")
+            if not len(slide.features):
+                print(f"warning: {path}: no patches; slide skipped", file=sys.stderr)
+                continue
+            xy = slide.coords if slide.coords is not None else np.zeros((len(slide.features), 2), np.int64)
+            features.append(slide.features.astype(np.float32))
+            coords.append(np.column_stack([np.full(len(xy), len(ids)), xy]).astype(np.int64))
+            ids.append(slide.slide_id)
+        if not features:
+            return np.zeros((0, dim), np.float32), np.zeros((0, 3), np.int64), ()
+        return np.concatenate(features), np.concatenate(coords), tuple(ids)
+
     def predict(self, slides: Sequence[str | Path] = (), mri: Any = None, clinical: Any = None,
-                bags: Iterable[inp.SlideBag] = ()) -> Prediction:
-        """Probabilities, attention and coordinates for one patient; any modality may be left out."""
+                bags: Iterable[inp.SlideBag] = (), features: Sequence[str | Path] = ()) -> Prediction:
+        """Probabilities, attention and coordinates for one patient; any modality may be left out. `features`:
+        precomputed patch features (TRIDENT/CLAM .h5), sent through `<entry>_slide` like encoded slides."""
         m = self.manifest
         items: dict[str, np.ndarray] = {}
         slide_ids: tuple[str, ...] = ()
         coords = None
         if self.has_pathology:
             all_bags = list(bags) + self.tile_slides(slides)
-            if all_bags:
-                features, coords, slide_ids = self.encode_slides(all_bags)
-                if len(features):
-                    items[PATHOLOGY] = features
-        elif slides or bags:
+            parts = [self.encode_slides(all_bags)] if all_bags else []
+            if features:
+                parts.append(self.stored_features(features))
+            if parts:
+                offset, shifted = 0, []
+                for f, c, ids in parts:  # slide indices of later parts follow the earlier parts' slides
+                    c = c.copy()
+                    c[:, 0] += offset
+                    shifted.append((f, c, ids))
+                    offset += len(ids)
+                shifted = [(f, c, ids) for f, c, ids in shifted if len(f)] or shifted[:1]
+                all_features = np.concatenate([f for f, _, _ in shifted])
+                coords = np.concatenate([c for _, c, _ in shifted])
+                slide_ids = tuple(i for _, _, ids in shifted for i in ids)
+                if len(all_features):
+                    items[PATHOLOGY] = all_features
+        elif slides or bags or features:
             raise ClientError(f"entry {self.entry!r} has no pathology branch (modalities: {list(m.modalities)})")
         if mri is not None:
             items[MRI] = inp.mri_tensor(mri, m, self._modality_input(MRI))[None]
@@ -227,6 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", formatter_class=HelpFormatter, help="predict one patient's subtype")
     p.add_argument("--slide", action="append", default=[], help="whole-slide image (repeat for several)")
+    p.add_argument("--features", action="append", default=[],
+                   help="precomputed patch features of one slide, TRIDENT (features_<enc>/<slide>.h5) or CLAM "
+                        "(h5_files/<slide>.h5), sent through the <entry>_slide ensemble (repeat for several)")
     p.add_argument("--mri", action="append", default=[], help="MRI NIfTI, one per sequence in manifest order")
     p.add_argument("--clinical-json", help='raw clinical values, e.g. \'{"age": 52, "er_status": 1}\'')
     p.add_argument("--patient-id", help="take the patient's files from --data-dir (cohort layout)")
@@ -276,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                 given = patient_inputs(args.patient_id, args.data_dir, client.manifest)
             if args.slide:
                 given["slides"] = args.slide
+            if args.features:
+                given["features"] = args.features
             if args.mri:
                 given["mri"] = args.mri
             if args.clinical_json:
