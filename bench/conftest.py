@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.engines import (IN_PROCESS_ENGINES, TRITON_ENGINES, BenchModel,  # noqa: E402
-                           EngineUnavailable, TritonEngine)
+from bench.engines import IN_PROCESS_ENGINES, TRITON_ENGINES, BenchModel, EngineUnavailable, TritonEngine  # noqa: E402
 from bench.pipeline import Tiling, chunks, read_all_patches, tile_coords  # noqa: E402
 from bench.slides import bench_slide_path, side_for_patches, sized_slide, write_bench_slide  # noqa: E402
 
@@ -54,7 +53,8 @@ class Profile:
 
 PROFILES = {
     "ci": Profile("ci (--benchmark-disable)", "tiny", 80, 300, (512, 1024), rounds=1, load_s=5.0),
-    "cpu": Profile("cpu", "cpu", 300, 1000, (2048, 4096, 6144), rounds=3, load_s=20.0),  # 3: a median ignores one slow round
+    "cpu": Profile("cpu", "cpu", 300, 1000, (2048, 4096, 6144), rounds=3,
+                   load_s=20.0),  # 3: a median ignores one slow round
     # a GPU encodes faster than one core reads: every core of the host reads
     "cuda": Profile("cuda", "gpu", 400, 10_000, (4096, 8192), rounds=5, load_s=20.0, batch_size=256,
                     reader_threads=os.cpu_count()),
@@ -82,7 +82,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                   else f"cpu ({platform.processor() or platform.machine()})"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "onnxruntime": onnxruntime.__version__, "openslide": openslide.__library_version__,
                      "tritonclient": package_version("tritonclient"),
@@ -136,7 +137,8 @@ def calibration_patches(slide_cache: Path, workdir: Path, patch_size: int) -> np
     path = write_bench_slide(bench_slide_path(slide_cache, side, seed=CALIBRATION_SLIDE_SEED), side,
                              seed=CALIBRATION_SLIDE_SEED)
     tiling = Tiling(patch_size=patch_size)
-    return read_all_patches(path, tile_coords(path, workdir / "calibration_tiles", tiling), tiling)[:CALIBRATION_PATCHES]
+    return read_all_patches(path, tile_coords(path, workdir / "calibration_tiles", tiling),
+                            tiling)[:CALIBRATION_PATCHES]
 
 
 def build_bench_model(recipe: str):

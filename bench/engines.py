@@ -18,7 +18,7 @@ import torch
 
 from export import names
 from export.formats import OnnxFormat, TorchScriptFormat
-from export.parts import ClinicalEncoderPart, FusionHeadPart, MilPoolPart, PatchEncoderPart, Part
+from export.parts import ClinicalEncoderPart, FusionHeadPart, MilPoolPart, Part, PatchEncoderPart
 from triton_repo import inputs as tinputs
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -166,7 +166,8 @@ def onnx_runner(path: Path, signature, providers: list[str]) -> Runner:
     session = ort.InferenceSession(str(path), options, providers=providers)
     if session.get_providers()[0] != wanted:
         raise EngineUnavailable(f"onnxruntime could not start {wanted} for {path.name} (it ran on "
-                                f"{session.get_providers()}): the provider failed to start, e.g. its CUDA/cuDNN libraries did not load")
+                                f"{session.get_providers()}): the provider failed to start, e.g. its CUDA/cuDNN "
+                                "libraries did not load")
     outputs = [o.name for o in session.get_outputs()]
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -31,7 +31,8 @@ class LoadReport:
 
     def extra_info(self) -> dict:
         info = {"clients": self.clients, "duration_s": round(self.duration_s, 2), "requests": len(self.latencies_s),
-                "failed_requests": len(self.failures), "requests_per_s": round(len(self.latencies_s) / self.duration_s, 2),
+                "failed_requests": len(self.failures),
+                "requests_per_s": round(len(self.latencies_s) / self.duration_s, 2),
                 "latency_p50_ms": round(1000 * self.percentile(50), 1),
                 "latency_p99_ms": round(1000 * self.percentile(99), 1),
                 "latency_max_ms": round(1000 * max(self.latencies_s, default=float("nan")), 1),

@@ -56,7 +56,8 @@ class PeakRSS:
         self.peak = max(self.peak, self.end)
 
     def as_mib(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_rss_start_mib": round(self.start / MIB, 1), f"{prefix}_rss_peak_mib": round(self.peak / MIB, 1),
+        return {f"{prefix}_rss_start_mib": round(self.start / MIB, 1),
+                f"{prefix}_rss_peak_mib": round(self.peak / MIB, 1),
                 f"{prefix}_rss_end_mib": round(self.end / MIB, 1)}
 
 

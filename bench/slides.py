@@ -21,7 +21,8 @@ from zoo.data.synthetic.svs_writer import TILE, write_svs
 
 PROBE_PX = 8192  # layout probed at this size (a 512 x 512 field: milliseconds)
 # The tiler's saturation-based tissue mask reaches a little beyond the layout's 50 % iso-line; the layout's
-# 30 % level matched the tiled counts (128 px patches: 362 predicted, 361 tiled at 3,584 px; 1,154 vs 1,077 at 6,400 px).
+# 30 % level matched the tiled counts (128 px patches: 362 predicted, 361 tiled at 3,584 px; 1,154 vs 1,077 at
+# 6,400 px).
 TISSUE_LEVEL = 0.3
 
 
@@ -62,7 +63,7 @@ def sized_slide(folder: Path, patches: int, patch_size: int, count_patches: Call
         if abs(counted - patches) <= SIZE_TOLERANCE * patches or corrected == side:
             return path, counted
         side = corrected
-    warnings.warn(f"{path.name}: {counted} patches after {SIZE_TRIES} sizes tried, asked for {patches}")
+    warnings.warn(f"{path.name}: {counted} patches after {SIZE_TRIES} sizes tried, asked for {patches}", stacklevel=2)
     return path, counted
 
 

@@ -52,9 +52,9 @@ could not exceed on this machine.
 Every engine's output is checked against the eager fp32 PyTorch reference before it is timed (`max_abs_diff_*`).
 Figures are medians of a few rounds (one round = one whole slide). On the CPU the "matmul peak" is what
 torch's fp32 matmul reaches here: a practical reference, not the hardware's peak (onnxruntime's convolutions can
-exceed it); the encoder/reader rate says whether encoding (< 1) or slide reading (> 1) bounds a slide. The model is `attention-path_clin` (pathology
-attention-MIL + clinical, attention fusion) built from the profile's recipe with a fixed seed, untrained:
-speed does not depend on the weights.
+exceed it); the encoder/reader rate says whether encoding (< 1) or slide reading (> 1) bounds a slide.
+The model is `attention-path_clin` (pathology attention-MIL + clinical, attention fusion) built from the
+profile's recipe with a fixed seed, untrained: speed does not depend on the weights.
 """
 
 
@@ -130,7 +130,8 @@ class Target:
     unit: str = "x"
 
 
-def ratio(group: str, slow: str, fast: str, fast_group: str | None = None) -> Callable[[dict], tuple[float | None, str]]:
+def ratio(group: str, slow: str, fast: str,
+          fast_group: str | None = None) -> Callable[[dict], tuple[float | None, str]]:
     """median of `slow` / median of `fast`, both in `group` unless `fast_group` names another stage."""
     def compute(grouped: dict) -> tuple[float | None, str]:
         a, b = median_of(grouped, group, slow), median_of(grouped, fast_group or group, fast)
@@ -272,7 +273,8 @@ def conditions(data: dict, source: str) -> list[str]:
         + (f", commit `{str(commit.get('id', ''))[:10]}`{' (dirty)' if commit.get('dirty') else ''}" if commit else ""),
         "",
         f"- device: {m.get('device', '?')}; {m.get('cpu_count', '?')} CPU cores "
-        f"({(m.get('cpu') or {}).get('brand_raw', m.get('processor', '?'))}); torch threads {m.get('torch_threads', '?')}",
+        f"({(m.get('cpu') or {}).get('brand_raw', m.get('processor', '?'))}); "
+        f"torch threads {m.get('torch_threads', '?')}",
         f"- profile: {m.get('bench_profile', '?')}; load average at start {m.get('load_average_at_start', '?')} "
         "(other work on the machine inflates every figure alike; ratios within the run are what compare)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),

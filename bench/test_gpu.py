@@ -18,7 +18,8 @@ FLOP_ENGINE = "pytorch_bf16_channels_last"
 
 # Decided at collection (a string condition sees `config`), so a skipped case builds none of its session fixtures.
 pytestmark = pytest.mark.skipif("not (torch.cuda.is_available() or rehearsal(config))",
-                                reason="needs a CUDA device; none on this machine (torch.cuda.is_available() is False); "
+                                reason="needs a CUDA device; none on this machine "
+                                       "(torch.cuda.is_available() is False); "
                                        "CI runs it once on the CPU (--benchmark-disable)")
 
 
@@ -41,7 +42,10 @@ def test_encoder_flops(benchmark, engines, bench_model, stage_slide, tiling, pro
 def test_large_slide_end_to_end(benchmark, engine_name, engines, compare_slide, tiling, clinical, workdir, profile):
     """The 10,000-patch slide (ResNet-50 at 224 px) from the SVS file to probabilities."""
     engine = engines.get(engine_name)
-    run = lambda: end_to_end(engine, compare_slide.path, workdir / f"tiles_gpu_{engine_name}", tiling, clinical)  # noqa: E731
+
+    def run():
+        return end_to_end(engine, compare_slide.path, workdir / f"tiles_gpu_{engine_name}", tiling, clinical)
+
     diff = assert_probabilities_close(run().probabilities, compare_slide.probabilities, tolerance(engine_name)[1],
                                       engine_name)
     measure(benchmark, run, profile.rounds, "GPU: large slide end to end", engine=engine_name,

@@ -38,7 +38,8 @@ def test_tiling_memory(benchmark, slide_px, slide_cache, workdir, tiling):
     if generated:
         benchmark.extra_info.update(generate_s=round(generated["seconds"], 2),
                                     generate_peak_rss_mib=round(generated["peak_rss"] / MIB, 1))
-        assert generated["peak_rss"] < RSS_LIMIT, f"generating a {slide_px} px slide peaked at {generated['peak_rss'] / MIB:.0f} MiB"
+        assert generated["peak_rss"] < RSS_LIMIT, \
+            f"generating a {slide_px} px slide peaked at {generated['peak_rss'] / MIB:.0f} MiB"
     assert result["patches"] > 0
     assert result["peak_rss"] < RSS_LIMIT, f"tiling a {slide_px} px slide peaked at {result['peak_rss'] / MIB:.0f} MiB"
 

@@ -12,7 +12,8 @@ from bench.timing import interleaved, measure
 
 
 def test_tiling(benchmark, stage_slide, tiling, workdir, profile):
-    """Read + tissue detection + tiling (thumbnail, saturation mask, grid, coords HDF5; no QC overlay, as in serving)."""
+    """Read + tissue detection + tiling (thumbnail, saturation mask, grid, coords HDF5; no QC overlay, as in
+    serving)."""
     coords = measure(benchmark, lambda: tile_coords(stage_slide.path, workdir / "tiles_bench", tiling),
                      profile.rounds, "tiling", patches=len(stage_slide.coords), slides=1,
                      slide_px=stage_slide.side_px, patch_size=tiling.patch_size)
@@ -30,7 +31,8 @@ def test_patch_reading(benchmark, reader, stage_slide, tiling, profile):
     pipeline_threads, direct = READERS[reader]
     threads = tiling.reader_threads if pipeline_threads else 0
     label = (f"{threads} reader threads" if threads else "caller's thread") + ("" if direct else ", OpenSlide only")
-    patches = measure(benchmark, lambda: read_all_patches(stage_slide.path, stage_slide.coords, tiling, threads, direct),
+    patches = measure(benchmark,
+                      lambda: read_all_patches(stage_slide.path, stage_slide.coords, tiling, threads, direct),
                       profile.rounds, "patch reading", engine=label, patches=len(stage_slide.coords), slides=1,
                       patch_size=tiling.patch_size, reader_threads=threads, direct_jpeg=direct)
     assert (patches == stage_slide.patches).all()
@@ -84,7 +86,10 @@ def test_seed_baseline(benchmark, bench_model, engines, stage_slide, tiling, cli
     ours = {name: engine for name in SPEEDUP_ENGINES if (engine := engines.find(name)) is not None}
     runs = {name: (lambda e=engine, n=name: end_to_end(e, stage_slide.path, workdir / f"tiles_{n}", tiling, clinical))
             for name, engine in ours.items()}
-    run = lambda: seed_style(bench_model.model, stage_slide.path, workdir / "seed_baseline", tiling, clinical)  # noqa: E731
+
+    def run():
+        return seed_style(bench_model.model, stage_slide.path, workdir / "seed_baseline", tiling, clinical)
+
     probabilities = interleaved(benchmark, run, runs, max(profile.rounds, 5), "end to end",
                                 engine="seed_baseline_png_eager_fp32", patches=len(stage_slide.coords), slides=1,
                                 slide_px=stage_slide.side_px)

@@ -71,7 +71,8 @@ def test_reader_speedup_compares_the_pipelines_reader_with_openslide_in_one_thre
     value, how = summarize.reader_speedup(True)(grouped)
     assert value == 3.2 and "4 reader threads" in how and "OpenSlide only" in how
     assert summarize.reader_speedup(True)(summarize.groups({"benchmarks": [
-        _bench("patch reading", "caller's thread, OpenSlide only", 0.4, reader_threads=0, direct_jpeg=False)]}))[0] is None
+        _bench("patch reading", "caller's thread, OpenSlide only", 0.4, reader_threads=0,
+               direct_jpeg=False)]}))[0] is None
 
 
 def test_gpu_targets_read_the_cuda_rows():

@@ -85,7 +85,8 @@ def main(fmt_name: str, argv: Sequence[str] | None = None) -> int:
     precision = "fp16" if getattr(args, "fp16", False) else "int8" if getattr(args, "int8", False) else "fp32"
     failures: list[str] = []
     parity_failures: list[str] = []
-    for target in tqdm(targets, desc=f"export ({fmt_name})", unit="entry", disable=args.no_progress or len(targets) < 2):
+    for target in tqdm(targets, desc=f"export ({fmt_name})", unit="entry",
+                       disable=args.no_progress or len(targets) < 2):
         try:
             result = export_checkpoint(
                 target, fmt, args.output_dir, opset=getattr(args, "opset", DEFAULT_OPSET),

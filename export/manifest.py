@@ -1,7 +1,7 @@
 """The export manifest (`<export dir>/manifest.json`): what each part file is, its tensors, and how to feed it.
 
-Schema (version 1) is documented in README.md (Export, `manifest.json`). `load_manifest` validates it and the sha256 of every
-file for downstream users (Triton repository builder, clients, benchmarks).
+Schema (version 1) is documented in README.md (Export, `manifest.json`). `load_manifest` validates it and the
+sha256 of every file for downstream users (Triton repository builder, clients, benchmarks).
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def preprocessing_constants(config: Mapping[str, Any], recorded: Mapping[str, An
 
     Values recorded by the trainer in the checkpoint win over those re-read from its config.
     """
+    from export.geometry import config_value
+
     from export.geometry import config_value
 
     recorded = dict(recorded or {})
@@ -113,6 +115,8 @@ def _require(cond: bool, where: str, message: str) -> None:
 def _check_tensor(t: Any, where: str) -> None:
     from export.signature import TORCH_DTYPES
 
+    from export.signature import TORCH_DTYPES
+
     _require(isinstance(t, dict) and {"name", "dtype", "shape"} <= set(t), where,
              "tensor needs name, dtype and shape")
     _require(t["dtype"] in TORCH_DTYPES, where, f"dtype {t['dtype']!r} is not one of {sorted(TORCH_DTYPES)}")
@@ -177,6 +181,8 @@ def load_manifest(path: str | os.PathLike, verify_files: bool = True, require_pa
 
 
 def part_signature(manifest: Mapping[str, Any], part: str) -> Signature:
+    from export.signature import Signature
+
     from export.signature import Signature
 
     return Signature.from_json(manifest["parts"][part])

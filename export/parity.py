@@ -6,9 +6,10 @@ dynamic sizes, every presence pattern of the model's modalities, and real cohort
 
 Pass rule per output: max |exported - pytorch| <= tolerance * scale, where scale = 1 for outputs bounded in
 [0, 1] (probabilities, patch and fusion attention) and max(1, max |pytorch|) for unbounded features/embeddings.
-Default tolerance: 1e-4 for fp32 exports, 1e-2 for fp16; int8 exports allow 1e-1 (of the output scale) on the quantized patch encoder
-and 1e-4 on their fp32 parts, and with real patients (--data-dir) check what quantization does to each patient's
-probabilities (int8 encoder -> fp32 MIL + fusion head vs all-fp32; 1e-1). Non-finite outputs and shape mismatches fail.
+Default tolerance: 1e-4 for fp32 exports, 1e-2 for fp16; int8 exports allow 1e-1 (of the output scale) on the
+quantized patch encoder and 1e-4 on their fp32 parts, and with real patients (--data-dir) check what
+quantization does to each patient's probabilities (int8 encoder -> fp32 MIL + fusion head vs all-fp32; 1e-1).
+Non-finite outputs and shape mismatches fail.
 
     python -m export.parity EXPORT_DIR [--checkpoint PATH] [--data-dir DIR] [--max-patients N]
 """
@@ -257,7 +258,8 @@ def real_cases(data_dir: Path, config: dict[str, Any], model: torch.nn.Module, g
             add(names.PATCH_ENCODER, label, {names.PATCHES: kept.contiguous()})
             features = model.patch_encoder(kept)
             add(names.MIL_POOL, label, {names.PATCH_FEATURES: features.contiguous()})
-            embeddings[spec.KEY_PATHOLOGY], _ = model.mil(features.unsqueeze(0), torch.ones(1, len(kept), dtype=torch.bool))
+            embeddings[spec.KEY_PATHOLOGY], _ = model.mil(features.unsqueeze(0),
+                                                          torch.ones(1, len(kept), dtype=torch.bool))
             whole.update({names.PATCHES: patches.unsqueeze(0), names.PATCH_MASK: mask.unsqueeze(0)})
         for modality, part, key in ((spec.KEY_MRI, names.MRI_ENCODER, names.MRI),
                                     (spec.KEY_CLINICAL, names.CLINICAL_ENCODER, names.CLINICAL)):

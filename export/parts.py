@@ -4,9 +4,10 @@ Every part declares its signature (names from export.names, dynamic axes as symb
 to trace it, and the parity cases that exercise it. `PARTS` is the one part list every format and the parity
 checker iterate; `parts_for(modalities)` keeps only the parts a model's modalities need.
 
-Batch dims (README.md, Export, Parts and tensors): bag parts (`patch_encoder`, `mil_pool`) carry one slide's patches and have no
-batch dim (dynamic `num_patches`); `mri_encoder`, `clinical_encoder`, `fusion_head` and `model` have a dynamic
-`batch` dim. `model` takes bags padded to a common `num_patches` with a mask, like the training batches.
+Batch dims (README.md, Export, Parts and tensors): bag parts (`patch_encoder`, `mil_pool`) carry one slide's
+patches and have no batch dim (dynamic `num_patches`); `mri_encoder`, `clinical_encoder`, `fusion_head` and
+`model` have a dynamic `batch` dim. `model` takes bags padded to a common `num_patches` with a mask, like the
+training batches.
 """
 from __future__ import annotations
 

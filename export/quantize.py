@@ -2,8 +2,8 @@
 
 The patch encoder is the only part whose cost grows with slide size, so `--int8` quantizes it alone; every
 other part stays fp32. Quantization costs accuracy: measure it on your own patients before serving (the README
-gives what it did to the quickstart model). Weights are int8 per output channel, activations uint8 with ranges calibrated
-(MinMax) on real tissue patches: a quantized graph is only as good as its calibration data, so there is no
+gives what it did to the quickstart model). Weights are int8 per output channel, activations uint8 with ranges
+calibrated (MinMax) on real tissue patches: a quantized graph is only as good as its calibration data, so there is no
 default made of random pixels. The QDQ form runs on onnxruntime's CPU provider and is the form TensorRT
 reads for int8.
 """
@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from export import names
 from export import names
 from export.formats import ExportError
 

@@ -42,6 +42,8 @@ CLIS: list[tuple[str, str, tuple[str, ...], list[str]]] = [
     ("python -m zoo.data.synthetic.ceiling", "zoo.data.synthetic.ceiling", (), []),
     ("python -m zoo.data.tile", "zoo.data.tile", (), []),
     ("python -m zoo.data.mri", "zoo.data.mri", (), []),
+    ("python -m zoo.features", "zoo.training.extract", (), []),
+    ("python -m zoo.features extract", "zoo.training.extract", (), ["extract"]),
     ("python -m export.onnx", "export.cli", ("onnx",), []),
     ("python -m export.torchscript", "export.cli", ("torchscript",), []),
     ("python -m export.parity", "export.parity", (), []),

@@ -295,7 +295,8 @@ def _clinical_json(text: str) -> dict[str, Any]:
     try:
         values = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--clinical-json is not valid JSON ({err}); e.g. '{{\"age\": 52, \"er_status\": 1}}'")
+        raise ValueError(f"--clinical-json is not valid JSON ({err}); "
+                         f"e.g. '{{\"age\": 52, \"er_status\": 1}}'") from err
     if not isinstance(values, dict):
         raise ValueError(f"--clinical-json must be a JSON object of field -> value, e.g. "
                          f"'{{\"age\": 52, \"er_status\": 1}}', not {type(values).__name__}")

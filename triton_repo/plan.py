@@ -12,8 +12,16 @@ import numpy as np
 
 from triton_repo.config import ModelConfig, Step, Tensor
 from triton_repo.manifest import (
-    CLINICAL_ENCODER, FUSION_HEAD, MIL_POOL, MODALITY_ENCODER, MRI_ENCODER, PATCH_ENCODER, ExportManifest,
-    ManifestError, PartSpec, ServedTensor,
+    CLINICAL_ENCODER,
+    FUSION_HEAD,
+    MIL_POOL,
+    MODALITY_ENCODER,
+    MRI_ENCODER,
+    PATCH_ENCODER,
+    ExportManifest,
+    ManifestError,
+    PartSpec,
+    ServedTensor,
 )
 from zoo import spec
 

@@ -27,6 +27,7 @@ BASE_CONFIG_PATH = CONFIG_DIR / "breast_cancer_config.yaml"
 # Keys whose valid types differ from their default's type (dotted fnmatch pattern -> accepted types).
 TYPE_EXCEPTIONS: dict[str, tuple[type, ...]] = {
     "model.modalities.*.pretrained": (bool, str),
+    "model.modalities.pathology.weights": (str, type(None)),
     "data.augmentation.pathology.stain_normalization": (str, type(None)),
 }
 

@@ -1,4 +1,5 @@
-"""python -m zoo.crossval ...: the command line of `zoo.analysis.crossval` (a thin entry point; `--help` lists the options)."""
+"""python -m zoo.crossval ...: the command line of `zoo.analysis.crossval` (a thin entry point; `--help` lists the
+options)."""
 import sys
 
 from zoo.analysis.crossval import main

@@ -1,4 +1,5 @@
-"""python -m zoo.sweep ...: the command line of `zoo.analysis.sweep` (a thin entry point; `--help` lists the options)."""
+"""python -m zoo.sweep ...: the command line of `zoo.analysis.sweep` (a thin entry point; `--help` lists the
+options)."""
 import sys
 
 from zoo.analysis.sweep import main

@@ -45,7 +45,8 @@ def test_mri_augment_and_config():
     out = MRIAugment(random_flip=True, random_noise=0.01)(vol, np.random.default_rng(0))
     assert out.shape == vol.shape and out.dtype == np.float32 and 0.003 < out.std() < 1.0
     aug = build_augmentation({"pathology": {"random_flip": True, "random_rotation": 90, "color_jitter": True,
-                                            "stain_normalization": "macenko"}, "mri": {"random_flip": True, "random_noise": 0.01}})
+                                            "stain_normalization": "macenko"},
+                                            "mri": {"random_flip": True, "random_noise": 0.01}})
     assert isinstance(aug.pathology.stain_normalizer, MacenkoNormalizer) and aug.mri.random_noise == 0.01
     with pytest.raises(ValueError, match="stain_normalization"):
         build_augmentation({"pathology": {"stain_normalization": "reinhard2"}})

@@ -112,7 +112,8 @@ def test_feature_dir_serves_rows_aligned_with_coords(tiny_cohort, tmp_path):
             f["features"] = np.column_stack([coords, np.full(len(coords), 7)]).astype(np.float32)
     ds = _ds(tiny_cohort, max_patches=5, feature_dir=tmp_path)
     item = ds[0]
-    feats, coords, mask = item[spec.KEY_PATHOLOGY_FEATURES], item[spec.KEY_PATHOLOGY_COORDS], item[spec.KEY_PATHOLOGY_MASK]
+    feats, coords = item[spec.KEY_PATHOLOGY_FEATURES], item[spec.KEY_PATHOLOGY_COORDS]
+    mask = item[spec.KEY_PATHOLOGY_MASK]
     assert spec.KEY_PATHOLOGY not in item and feats.dtype == torch.float32 and feats.shape[1] == 3
     assert torch.equal(feats[mask][:, :2].long(), coords[mask][:, 1:])
     corrupt = ds.slide_paths(ds.patient_ids[0])[0].stem

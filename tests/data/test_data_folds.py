@@ -66,4 +66,5 @@ def test_a_real_folder_in_a_view_is_refused_not_overwritten(tiny_cohort, tmp_pat
     (tmp_path / "folds" / "fold0" / "wsi_raw").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="is not a link to"):
         write_fold_views(tiny_cohort, tmp_path / "folds", 2)
-    assert (tmp_path / "folds" / "fold0" / "wsi_raw").is_dir() and not (tmp_path / "folds" / "fold0" / "wsi_raw").is_symlink()
+    view = tmp_path / "folds" / "fold0" / "wsi_raw"
+    assert view.is_dir() and not view.is_symlink()

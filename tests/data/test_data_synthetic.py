@@ -41,7 +41,8 @@ def test_tumour_morphology_only_inside_tumour_mask(tiny_cohort):
         rgb = np.asarray(s.read_region((0, 0), 0, s.dimensions).convert("RGB")).astype(float)
     ds = 16
     small = rgb[: mask.shape[0] * ds, : mask.shape[1] * ds]
-    small = np.pad(small, ((0, mask.shape[0] * ds - small.shape[0]), (0, mask.shape[1] * ds - small.shape[1]), (0, 0)), mode="edge")
+    small = np.pad(small, ((0, mask.shape[0] * ds - small.shape[0]), (0, mask.shape[1] * ds - small.shape[1]), (0, 0)),
+                   mode="edge")
     dark = (small.min(axis=2) < 120).reshape(mask.shape[0], ds, mask.shape[1], ds).mean(axis=(1, 3))
     assert dark[mask].mean() > 3 * dark[~mask].mean()
     corner = rgb[:8, :8]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ TEST_SIZES = ParitySizes(patches=(1, 4), bag=(1, 3000), batch=(1, 2))
 
 def clinical_preprocessor(features) -> dict:
     import pandas as pd
+
     from zoo.data.clinical import ClinicalPreprocessor
 
     table = pd.DataFrame({f: [float(i), float(i) * 2 + 1, None] for i, f in enumerate(features)})

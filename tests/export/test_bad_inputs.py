@@ -11,10 +11,10 @@ import torch
 
 from export.cli import EXIT_ERROR, EXIT_OK, main
 from export.formats import FORMATS, ExportError
+from export.geometry import probe_geometry
 from export.manifest import ManifestError, load_manifest
 from export.parity import REPORT_JSON, check_parity
 from export.pipeline import export_checkpoint
-from export.geometry import probe_geometry
 from export.source import SourceError, Target, load_source
 
 LEGACY = dataclasses.replace(FORMATS["onnx"], exporter="legacy")

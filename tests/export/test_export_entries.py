@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.formats import FORMATS, onnx_dims, ONNX_DTYPES
+from export.formats import FORMATS, ONNX_DTYPES, onnx_dims
 from export.manifest import load_manifest
 from export.parity import REPORT_JSON, REPORT_MD
 from export.parts import parts_for

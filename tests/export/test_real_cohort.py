@@ -20,10 +20,10 @@ LEGACY_ONNX = dataclasses.replace(FORMATS["onnx"], exporter="legacy")
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Eight patients, tiled and MRI-preprocessed for the tiny recipe."""
+    from tests.export.conftest import TEST_OVERRIDES
     from zoo.data.prepare import ensure_cohort
     from zoo.data.synthetic import generate_cohort
     from zoo.registry import get_entry
-    from tests.export.conftest import TEST_OVERRIDES
 
     cohort = tmp_path_factory.mktemp("real") / "cohort"
     generate_cohort(cohort, num_samples=8, seed=1, slide_size=256, workers=1, progress=False, mri_shape=(24, 24, 8))
@@ -55,7 +55,8 @@ def test_int8_export_quantizes_the_patch_encoder_calibrated_on_the_cohort(tiny_c
     assert result.passed, result.report.to_markdown()
     manifest = load_manifest(result.directory)
     assert manifest["precision"] == "int8"
-    assert manifest["quantization"]["parts"] == ["patch_encoder"] and manifest["quantization"]["calibration_patches"] > 0
+    quantization = manifest["quantization"]
+    assert quantization["parts"] == ["patch_encoder"] and quantization["calibration_patches"] > 0
     for name, part in manifest["parts"].items():
         graph = onnx.load(str(result.directory / part["file"])).graph
         ops = {node.op_type for node in graph.node}

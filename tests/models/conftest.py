@@ -1,11 +1,9 @@
 """Synthetic batches for model tests (random uint8 patches, volumes, clinical vectors)."""
 from __future__ import annotations
 
-
 import pytest
 
 # The project is not installed as a package: make the repository root importable.
-
 import torch
 
 from zoo import spec

@@ -5,8 +5,17 @@ import pytest
 import torch
 import yaml
 
-from zoo import (ConfigError, MultiModalModelBuilder, build_model, build_model_from_config, get_entry, list_entries,
-                 load_config, save_config, spec)
+from zoo import (
+    ConfigError,
+    MultiModalModelBuilder,
+    build_model,
+    build_model_from_config,
+    get_entry,
+    list_entries,
+    load_config,
+    save_config,
+    spec,
+)
 from zoo.__main__ import main as zoo_main
 from zoo.registry import Entry, register
 
@@ -45,7 +54,8 @@ def test_wrong_type_names_the_key(override, key):
 
 def test_overrides_are_yaml_values_coerced_to_the_schema():
     config = load_config(overrides=["training.optimizer.lr=1e-3", "model.modalities.pathology.pretrained=/w.pt",
-                                    "model.modalities.clinical.hidden_dims=[8, 4]", "data.modalities.mri.enabled=false"])
+                                    "model.modalities.clinical.hidden_dims=[8, 4]",
+                                    "data.modalities.mri.enabled=false"])
     assert config["training"]["optimizer"]["lr"] == pytest.approx(0.001)
     assert config["model"]["modalities"]["pathology"]["pretrained"] == "/w.pt"
     assert config["model"]["modalities"]["clinical"]["hidden_dims"] == [8, 4]
@@ -116,10 +126,12 @@ def test_pretrained_path_loads_local_weights(tmp_path):
     for key, value in source.patch_encoder.trunk.state_dict().items():
         assert torch.equal(value, loaded.patch_encoder.trunk.state_dict()[key])
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        build_model("pathology_only", recipe="tiny", model__modalities__pathology__pretrained=str(tmp_path / "missing.pt"))
+        build_model("pathology_only", recipe="tiny",
+                    model__modalities__pathology__pretrained=str(tmp_path / "missing.pt"))
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match="do not match"):
-        build_model("pathology_only", recipe="tiny", model__modalities__pathology__pretrained=str(tmp_path / "wrong.pt"))
+        build_model("pathology_only", recipe="tiny",
+                    model__modalities__pathology__pretrained=str(tmp_path / "wrong.pt"))
 
 
 def test_frozen_encoder_has_no_trainable_weights_and_stays_in_eval():
@@ -129,7 +141,8 @@ def test_frozen_encoder_has_no_trainable_weights_and_stays_in_eval():
 
 
 def test_registry_lookup_filters_and_duplicates():
-    assert list_entries("attention*", exclude="*-mri_clin") == ["attention", "attention-path_clin", "attention-path_mri"]
+    assert list_entries("attention*",
+                        exclude="*-mri_clin") == ["attention", "attention-path_clin", "attention-path_mri"]
     assert list_entries(["*_only"]) == ["clinical_norec_only", "clinical_only", "mri_only", "pathology_only"]
     with pytest.raises(KeyError, match="Did you mean: attention"):
         get_entry("atention")

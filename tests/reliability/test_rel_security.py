@@ -33,11 +33,14 @@ def test_no_unsafe_deserialisation_in_project_code():
     problems = []
     for path in _project_sources():
         tree = ast.parse(path.read_text(), str(path))
-        where = lambda n: f"{path.relative_to(REPO_ROOT)}:{n.lineno}"  # noqa: E731
+        def where(n, path=path):
+            return f"{path.relative_to(REPO_ROOT)}:{n.lineno}"
+
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-                bad = [n for n in names if n.split(".")[0] in {"pickle", "cPickle", "dill", "marshal", "shelve", "joblib"}]
+                bad = [n for n in names if n.split(".")[0] in {"pickle", "cPickle", "dill", "marshal", "shelve",
+                                                               "joblib"}]
                 if bad:
                     problems.append(f"{where(node)} imports {bad}")
         for owner, name, kwargs, node in _calls(tree):
@@ -78,9 +81,9 @@ def test_pretrained_weights_loader_refuses_pickled_objects(tmp_path):
 
 @pytest.mark.parametrize("bad_id", ["../escape", "a/b", "..", "/abs", "x\\y", "", "p id"])
 def test_patient_ids_with_path_parts_never_become_paths(bad_id, tmp_path):
+    from triton_repo.client import patient_inputs
     from zoo.data.files import InvalidIdentifierError
     from zoo.data.mri import processed_path
-    from triton_repo.client import patient_inputs
 
     with pytest.raises(InvalidIdentifierError, match="not allowed"):
         processed_path(tmp_path, bad_id, "T1")

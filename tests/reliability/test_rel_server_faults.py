@@ -2,17 +2,15 @@
 and finishes once the server is back; oversized requests are refused and the server stays healthy."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
-
-import dataclasses
-
-import torch
 
 from export.formats import FORMATS
 from export.parts import ParitySizes

@@ -1,8 +1,6 @@
 """Training-test fixtures: an easy cohort and two torch threads."""
 from __future__ import annotations
 
-
-
 import pytest
 import torch
 

@@ -8,10 +8,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from zoo.analysis.crossval import ablation_expectations, ablation_shape, macro_f1, out_of_fold_predictions, paired_bootstrap
-from zoo.training.metrics import classification_metrics
-from zoo.spec import CLASS_NAMES
+from zoo.analysis.crossval import (
+    ablation_expectations,
+    ablation_shape,
+    macro_f1,
+    out_of_fold_predictions,
+    paired_bootstrap,
+)
 from zoo.analysis.sweep import run_sweep
+from zoo.spec import CLASS_NAMES
+from zoo.training.metrics import classification_metrics
 from zoo.training.pipeline import run_training
 from zoo.training.trainer import PREDICTIONS_FILE
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from zoo.analysis.sweep import leaderboard, run_sweep
-from zoo.training.pipeline import run_training
 from zoo.analysis.viz import main as viz_main
+from zoo.training.pipeline import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = dict(progress=False, log=lambda _m: None)
@@ -40,8 +40,8 @@ def test_torchrun_two_cpu_processes(easy_cohort, tmp_path):
 
 
 def test_modality_labels_tell_the_receptor_free_clinical_entry_apart():
-    from zoo.registry import get_entry
     from zoo.analysis.sweep import modality_label
+    from zoo.registry import get_entry
 
     labels = {name: modality_label(get_entry(name).modalities, get_entry(name).clinical_features)
               for name in ("clinical_only", "clinical_norec_only", "attention", "gated-path_mri")}

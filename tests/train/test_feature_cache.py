@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.training.feature_cache import ensure_features, load_features
 from zoo.models.patch_encoders import PatchEncoder
 from zoo.registry import get_entry
+from zoo.training.feature_cache import ensure_features, load_features
 from zoo.training.pipeline import cohort_tiling_dir, run_training
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from zoo.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from zoo.training.metrics import classification_metrics, format_results_table
 from zoo.spec import CLASS_NAMES
+from zoo.training.metrics import classification_metrics, format_results_table
 from zoo.training.trainer import inverse_frequency_weights, warmup_cosine_factor
 
 

@@ -31,7 +31,8 @@ def test_training_writes_loadable_outputs(attention_run):
     last = torch.load(out / "last.pt", weights_only=True)
     assert best["entry"] == "attention" and best["class_names"][0] == "Luminal A"
     assert best["preprocessing"]["clinical"] is not None and best["preprocessing"]["mri"]["sequences"] == ["T1"]
-    assert best["preprocessing"]["pathology"]["patch_size"] == best["config"]["data"]["modalities"]["pathology"]["patch_size"]
+    pathology_config = best["config"]["data"]["modalities"]["pathology"]
+    assert best["preprocessing"]["pathology"]["patch_size"] == pathology_config["patch_size"]
     assert {"optimizer", "scheduler", "rng", "trainer"} <= set(last) and "optimizer" not in best
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["confusion_matrix"] == result["test"]["confusion_matrix"]
@@ -55,7 +56,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(easy_cohort, tmp
     resumed = run_training("attention-path_clin", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "cut",
                            overrides=overrides, resume=True, on_epoch_end=lambda e, _r: seen.append(e), **QUIET)
     assert seen == [1]  # only the remaining epoch ran
-    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN-safe equality
+    def same(a, b):  # NaN-safe equality
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
     assert same(resumed["history"], full["history"])  # same seed -> same numbers, interrupted or not
     assert same(resumed["test"], full["test"])
 

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-
 from tests.triton.reference import TorchReference
 from tests.triton.served_models import export_entry, write_checkpoint
-
 from triton_repo import manifest as mf
 from triton_repo.build import build_repository
 from triton_repo.plan import BuildOptions

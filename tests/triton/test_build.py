@@ -7,12 +7,12 @@ import numpy as np
 import onnx
 import pytest
 
+from tests.triton.conftest import ENTRY, MAX_PATCH_BATCH
 from triton_repo import config as cfg
 from triton_repo import manifest as mf
-from triton_repo.build import build_repository, main as build_main
+from triton_repo.build import build_repository
+from triton_repo.build import main as build_main
 from triton_repo.plan import BuildOptions, model_configs, part_model_name, slide_ensemble_name
-
-from tests.triton.conftest import ENTRY, MAX_PATCH_BATCH
 
 
 def _onnx_dims(path, name, kind):

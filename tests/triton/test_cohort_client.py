@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from triton_repo.client import SlideClient, resolve_manifest
-from zoo.data import BreastCancerMultiModalDataset, collate_multimodal
-
 from tests.triton.conftest import ENTRY, TOL
 from tests.triton.served_models import entry_config
+from triton_repo.client import SlideClient, resolve_manifest
+from zoo.data import BreastCancerMultiModalDataset, collate_multimodal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

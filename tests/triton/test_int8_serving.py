@@ -48,7 +48,8 @@ def _in_process(export_dir, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray
     manifest = json.loads((export_dir / "manifest.json").read_text())
 
     def session(part):
-        return ort.InferenceSession(str(export_dir / manifest["parts"][part]["file"]), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(export_dir / manifest["parts"][part]["file"]),
+                                    providers=["CPUExecutionProvider"])
 
     features = session("patch_encoder").run([names.PATCH_FEATURES], {names.PATCHES: patches})[0]
     pooled, attention = session("mil_pool").run([names.embedding("pathology"), names.PATCH_ATTENTION],

@@ -10,14 +10,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tests.triton.conftest import ENTRY, MAX_PATCH_BATCH, SECOND_ENTRY, TOL
 from triton_repo import inputs as inp
 from triton_repo import manifest as mf
-from triton_repo.client import SlideClient, main as client_main
+from triton_repo.client import SlideClient
+from triton_repo.client import main as client_main
 from triton_repo.connection import ClientError
 from triton_repo.plan import ensemble_io, part_model_name
 from triton_repo.server import TritonServer, TritonServerError, free_port
-
-from tests.triton.conftest import ENTRY, MAX_PATCH_BATCH, SECOND_ENTRY, TOL
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,8 @@ def test_full_ensemble_equals_pytorch(server, manifest, reference, patient):
     arrays = {io.modality_inputs["pathology"].name: bag, io.modality_inputs["mri"].name: patient["mri"][None],
               io.modality_inputs["clinical"].name: patient["clinical"][None], io.presence.name: np.ones((1, 3), bool)}
     probs, fusion, attention = _infer(server.grpc_url, ENTRY, arrays, [io.probabilities.name,
-                                                                      io.fusion_attention.name, io.patch_attention.name])
+                                                                      io.fusion_attention.name,
+                                                                      io.patch_attention.name])
     _assert_equal_to_reference(probs[0], fusion[0], attention, reference.predict(bag, patient["mri"],
                                                                                  patient["clinical"]))
     assert probs.shape == (1, len(manifest.class_names)) and attention.shape == (len(bag),)
@@ -168,7 +169,8 @@ def test_bad_requests_are_rejected_and_the_server_stays_healthy(server, manifest
                       [io.patch_attention.name]),
     }
     for label, (model, arrays, outputs) in cases.items():
-        status, message = _status(lambda: _infer(url, model, arrays, outputs))
+        status, message = _status(lambda model=model, arrays=arrays, outputs=outputs: _infer(url, model, arrays,
+                                                                                                outputs))
         assert status == "StatusCode.INVALID_ARGUMENT", (label, status, message)
         assert message, label
     status, message = _status(lambda: _infer(url, "no_such_model", {patches_name: patient["patches"][:1]},

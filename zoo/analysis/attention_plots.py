@@ -1,4 +1,5 @@
-"""Attention figures: top-k patches (seed 9.1), whole-slide heatmap over the thumbnail (CLAM-style), fusion bars (9.2)."""
+"""Attention figures: top-k patches (seed 9.1), whole-slide heatmap over the thumbnail (CLAM-style), fusion bars
+(9.2)."""
 from __future__ import annotations
 
 import os
@@ -40,7 +41,8 @@ def top_k_figure(patches: np.ndarray, weights: Sequence[float], titles: Sequence
 def heatmap_figure(thumbnail: np.ndarray, scale: float, coords: np.ndarray, patch_size_level0: float,
                    attention: np.ndarray, path: str | os.PathLike, title: str = "",
                    tumour_mask: np.ndarray | None = None) -> Path:
-    """Thumbnail with each patch's rank-normalised attention painted over its footprint (scale = thumb px / level-0 px)."""
+    """Thumbnail with each patch's rank-normalised attention painted over its footprint (scale = thumb px /
+    level-0 px)."""
     h, w = thumbnail.shape[:2]
     canvas = np.full((h, w), np.nan)
     side = max(int(round(patch_size_level0 * scale)), 1)

@@ -28,7 +28,8 @@ def load_tumour_mask(data_dir: str | Path, slide_id: str) -> tuple[np.ndarray, f
     return np.asarray(Image.open(png).convert("L")) > 127, downsample
 
 
-def patch_tumour_fraction(mask: np.ndarray, downsample: float, coords: np.ndarray, patch_size_level0: float) -> np.ndarray:
+def patch_tumour_fraction(mask: np.ndarray, downsample: float, coords: np.ndarray,
+                          patch_size_level0: float) -> np.ndarray:
     """Fraction of each patch (level-0 top-left `coords` [N,2] as (x, y)) covered by tumour in `mask`."""
     out = np.zeros(len(coords), dtype=np.float64)
     h, w = mask.shape

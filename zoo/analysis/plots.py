@@ -22,16 +22,19 @@ def save_figure(fig: "plt.Figure", path: str | os.PathLike, dpi: int = 120) -> P
     return Path(path)
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[float], path: str | os.PathLike, *, errors: Sequence[float] | None = None,
+def bar_chart(labels: Sequence[str], values: Sequence[float], path: str | os.PathLike, *,
+              errors: Sequence[float] | None = None,
               ylabel: str = "", title: str = "", ylim: tuple[float, float] | None = (0.0, 1.0),
               colors: Sequence[str] | None = None) -> Path:
     """One bar per label with value annotations (and error bars when given)."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 2), 4.5))
     values = np.nan_to_num(np.asarray(values, dtype=float))
     bars = ax.bar(range(len(labels)), values, yerr=errors, capsize=4 if errors is not None else 0, color=colors)
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0,
+                  ha="right" if len(labels) > 3 else "center")
     for bar, value in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.3f}", ha="center", va="bottom",
+                fontsize=8)
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
@@ -50,7 +53,8 @@ def grouped_bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]],
         values = np.nan_to_num(np.asarray(values, float))
         err = (errors or {}).get(name)
         bars = ax.bar(np.arange(len(groups)) + i * width - 0.4 + width / 2, values, width, label=name,
-                      yerr=None if err is None else np.nan_to_num(np.asarray(err, float)), capsize=3 if err is not None else 0)
+                      yerr=None if err is None else np.nan_to_num(np.asarray(err, float)),
+                      capsize=3 if err is not None else 0)
         if annotate:
             for bar, value in zip(bars, values):
                 ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.2f}", ha="center", va="bottom",

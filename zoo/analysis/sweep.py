@@ -132,8 +132,10 @@ def write_charts(table: pd.DataFrame, out_dir: Path, folds: int | None = None) -
         written.append(_f1_chart(full, full["fusion"].tolist(), out_dir / "fusion_comparison.png",
                                  "Fusion strategies (all modalities)", folds))
     if not table.empty:
-        order = table.assign(n=table["modalities"].str.count(r"\+")).sort_values(["n", "modalities", "fusion"], kind="stable")
-        labels = [m if f in ("none", "identity") else f"{m}\n({f})" for m, f in zip(order["modalities"], order["fusion"])]
+        n_modalities = table["modalities"].str.count(r"\+")
+        order = table.assign(n=n_modalities).sort_values(["n", "modalities", "fusion"], kind="stable")
+        labels = [m if f in ("none", "identity") else f"{m}\n({f})"
+                  for m, f in zip(order["modalities"], order["fusion"])]
         written.append(_f1_chart(order, labels, out_dir / "modality_ablation.png", "Modality ablation", folds))
     return written
 
@@ -276,7 +278,8 @@ def run_sweep(
     train_fn = train_fn or run_training
     names = list_entries(include=list(patterns))
     if not names:
-        raise ValueError(f"no zoo entry matches {list(patterns)}; see python -c 'import zoo; print(zoo.list_entries())'")
+        raise ValueError(f"no zoo entry matches {list(patterns)}; "
+                         "see python -c 'import zoo; print(zoo.list_entries())'")
     entries = [_entry(n) for n in names]
     out_dir = Path(output_root) / "sweeps" / (name or sweep_name(patterns))
     log(f"sweep {out_dir.name}: {len(entries)} entries x {len(seeds)} seed(s)"

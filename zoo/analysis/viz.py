@@ -85,7 +85,8 @@ def cached_feature_dir(config: dict[str, Any], model: torch.nn.Module) -> Path |
 
     if getattr(model, "patch_encoder", None) is None or not uses_feature_cache(config):
         return None
-    return ensure_features(config["data"]["data_dir"], model.patch_encoder, tiling_dir=cohort_tiling_dir(config)).directory
+    return ensure_features(config["data"]["data_dir"], model.patch_encoder,
+                           tiling_dir=cohort_tiling_dir(config)).directory
 
 
 def make_dataset(config: dict[str, Any], split: str, model: torch.nn.Module):
@@ -169,7 +170,7 @@ def cmd_mil(args: argparse.Namespace) -> list[Path]:
     flat.sort(key=lambda t: -t[0])
     top = flat[: args.top_k]
     patches, titles = [], []
-    for weight, slide_id, xy in top:
+    for _weight, slide_id, xy in top:
         info = tiling_info(config, slide_id)
         _, patch = next(iter_patch_batches(str(info["slide_path"]), np.asarray([xy]), int(info["patch_size"]),
                                            int(info["level"]), batch_size=1, threads=0))
@@ -197,7 +198,8 @@ def cmd_fusion(args: argparse.Namespace) -> list[Path]:
     if len(model.modalities) < 2:
         raise VizError(f"`zoo.viz fusion` needs a multimodal model; this checkpoint has only {model.modalities}")
     config = view_config(payload, args.data_dir)
-    config["data"]["modalities"]["pathology"]["max_patches"] = int(payload["config"]["data"]["modalities"]["pathology"]["max_patches"])
+    trained_pathology = payload["config"]["data"]["modalities"]["pathology"]
+    config["data"]["modalities"]["pathology"]["max_patches"] = int(trained_pathology["max_patches"])
     data_dir = Path(config["data"]["data_dir"])
     split = split_of(data_dir, args.patient_id) if args.patient_id else args.split
     dataset = make_dataset(config, split, model)

@@ -91,7 +91,8 @@ class PathologyAugment:
             if self.random_flip and rng.random() < 0.5:
                 patch = patch[:, :, ::-1]
             if self.random_rotation and patch.shape[1] == patch.shape[2]:
-                patch = np.rot90(patch, k=int(rng.integers(0, 360 // self.random_rotation)) * self.random_rotation // 90,
+                patch = np.rot90(patch,
+                                 k=int(rng.integers(0, 360 // self.random_rotation)) * self.random_rotation // 90,
                                  axes=(1, 2))
             if self.color_jitter > 0:
                 patch = _jitter(patch, rng, self.color_jitter)
@@ -160,5 +161,6 @@ def build_augmentation(section: Mapping[str, Any] | None) -> Augmentation:
         stain_normalizer=STAIN_NORMALIZERS[stain]() if stain in STAIN_NORMALIZERS else None,
         stain_normalization_p=float(path_cfg.get("stain_normalization_p", 0.5)),
     )
-    mri = MRIAugment(random_flip=bool(mri_cfg.get("random_flip", False)), random_noise=float(mri_cfg.get("random_noise") or 0.0))
+    mri = MRIAugment(random_flip=bool(mri_cfg.get("random_flip", False)),
+                     random_noise=float(mri_cfg.get("random_noise") or 0.0))
     return Augmentation(pathology=pathology, mri=mri)

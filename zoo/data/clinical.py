@@ -164,9 +164,11 @@ class ClinicalPreprocessor:
         except (KeyError, TypeError) as e:
             raise ValueError(f"invalid clinical preprocessor dict (needs features, mean, std): {e}") from e
         if d.get("version", ENCODER_VERSION) != ENCODER_VERSION:
-            raise ValueError(f"clinical preprocessor version {d.get('version')} is not supported (expected {ENCODER_VERSION})")
+            raise ValueError(f"clinical preprocessor version {d.get('version')} is not supported "
+                             f"(expected {ENCODER_VERSION})")
         if not (len(features) == len(mean) == len(std)) or not np.all(np.isfinite(mean)) or not np.all(std > 0):
-            raise ValueError("invalid clinical preprocessor dict: features/mean/std lengths differ or values are not finite")
+            raise ValueError("invalid clinical preprocessor dict: features/mean/std lengths differ or values are "
+                             "not finite")
         p = cls(features)
         p.mean, p.std = mean, std
         return p

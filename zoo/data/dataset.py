@@ -18,8 +18,8 @@ from zoo import spec
 from .augment import Augmentation, build_augmentation
 from .clinical import ClinicalPreprocessor, load_clinical_csv
 from .mri import DEFAULT_OUTPUT_SHAPE, MRIError, processed_path
-from .prepare import mri_processed_dir, tiling_dir
 from .patches import PatchSource
+from .prepare import mri_processed_dir, tiling_dir
 from .tile import SLIDE_SUFFIXES, load_coords
 
 SPLITS = ("train", "val", "test")
@@ -127,7 +127,8 @@ class BreastCancerMultiModalDataset(Dataset):
         if not tiles.is_dir():
             raise FileNotFoundError(
                 f"{tiles}: no tiling for patch_size={self.patch_size}, level={self.level}, "
-                f"tissue_threshold={self.tissue_threshold:g}; run zoo.data.prepare.ensure_cohort({str(self.data_dir)!r}, "
+                f"tissue_threshold={self.tissue_threshold:g}; "
+                f"run zoo.data.prepare.ensure_cohort({str(self.data_dir)!r}, "
                 f"patch_size={self.patch_size}, ...) or python -m zoo.data.tile --output-dir {tiles}")
         raw = {p.stem: p for p in (self.data_dir / "wsi_raw").iterdir()
                if p.suffix.lower() in SLIDE_SUFFIXES} if (self.data_dir / "wsi_raw").is_dir() else {}
@@ -142,7 +143,7 @@ class BreastCancerMultiModalDataset(Dataset):
                 continue
             path = raw.get(slide_id) or Path(str(attrs.get("slide_path", "")))
             if not path.is_file():
-                warnings.warn(f"{h5}: slide {slide_id} not found in {self.data_dir / 'wsi_raw'}; skipped")
+                warnings.warn(f"{h5}: slide {slide_id} not found in {self.data_dir / 'wsi_raw'}; skipped", stacklevel=2)
                 continue
             features_path = None
             if self.feature_dir is not None:
@@ -261,7 +262,8 @@ class BreastCancerMultiModalDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         pid = self.patient_ids[idx]
-        item: dict[str, Any] = {spec.KEY_PATIENT_ID: pid, spec.KEY_LABEL: torch.tensor(self.labels[idx], dtype=torch.int64)}
+        item: dict[str,
+                   Any] = {spec.KEY_PATIENT_ID: pid, spec.KEY_LABEL: torch.tensor(self.labels[idx], dtype=torch.int64)}
         presence = dict.fromkeys(spec.MODALITIES, False)
         if self.use["pathology"]:
             item.update(self._pathology(pid))
@@ -280,7 +282,8 @@ class BreastCancerMultiModalDataset(Dataset):
         return state
 
 
-_BAG_KEYS = {spec.KEY_PATHOLOGY: 0, spec.KEY_PATHOLOGY_FEATURES: 0, spec.KEY_PATHOLOGY_MASK: False, spec.KEY_PATHOLOGY_COORDS: 0}
+_BAG_KEYS = {spec.KEY_PATHOLOGY: 0, spec.KEY_PATHOLOGY_FEATURES: 0, spec.KEY_PATHOLOGY_MASK: False,
+             spec.KEY_PATHOLOGY_COORDS: 0}
 _LIST_KEYS = (spec.KEY_PATIENT_ID, spec.KEY_SLIDE_IDS)
 
 

@@ -58,7 +58,8 @@ def stratified_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return folds
 
 
-def fold_splits(table: pd.DataFrame, k: int, seed: int = 0, val_fraction: float = 0.15) -> list[dict[str, pd.DataFrame]]:
+def fold_splits(table: pd.DataFrame, k: int, seed: int = 0,
+                val_fraction: float = 0.15) -> list[dict[str, pd.DataFrame]]:
     """[{"train", "val", "test"} tables] for each of the `k` folds; the test folds partition the cohort."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1) (got {val_fraction})")

@@ -53,7 +53,8 @@ def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         img = nib.as_closest_canonical(nib.load(str(path)))
         data = np.asarray(img.dataobj, dtype=np.float32)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as e:
-        raise MRIError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e}); the file may be truncated: re-export it") from e
+        raise MRIError(f"{path}: unreadable NIfTI ({type(e).__name__}: {e}); "
+                       "the file may be truncated: re-export it") from e
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -206,7 +207,8 @@ def preprocess_dir(
             if not src.exists():
                 results.append(MRIResult(pid, seq, None, "failed", f"{src}: missing {seq} sequence for patient {pid}"))
                 continue
-            tasks.append((src, processed_path(output_dir, pid, seq), pid, seq, tuple(target_spacing), tuple(output_shape), overwrite))
+            tasks.append((src, processed_path(output_dir, pid, seq), pid, seq, tuple(target_spacing),
+                          tuple(output_shape), overwrite))
     n_workers = min(default_workers(workers), max(1, len(tasks)))
     bar = dict(total=len(tasks), desc="MRI preprocessing", unit="volume", disable=not progress)
     if n_workers == 1:
@@ -229,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=HelpFormatter)
     p.add_argument("--input-dir", required=True, help="folder of <patient_id>/{T1,T2}.nii.gz")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--target-spacing", type=float, nargs=3, default=list(DEFAULT_TARGET_SPACING), metavar=("X", "Y", "Z"))
+    p.add_argument("--target-spacing", type=float, nargs=3, default=list(DEFAULT_TARGET_SPACING),
+                   metavar=("X", "Y", "Z"))
     p.add_argument("--output-shape", type=int, nargs=3, default=list(DEFAULT_OUTPUT_SHAPE), metavar=("X", "Y", "Z"))
     p.add_argument("--sequences", nargs="+", default=list(SEQUENCES))
     p.add_argument("--workers", type=int, default=None)
@@ -238,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(a.input_dir).is_dir():
         print(f"error: --input-dir {a.input_dir} is not a directory", file=sys.stderr)
         return 2
-    results = preprocess_dir(a.input_dir, a.output_dir, a.target_spacing, a.output_shape, a.sequences, a.overwrite, a.workers)
+    results = preprocess_dir(a.input_dir, a.output_dir, a.target_spacing, a.output_shape, a.sequences, a.overwrite,
+                             a.workers)
     print(summarize(results))
     return 1 if any(r.status == "failed" for r in results) else 0
 

@@ -55,7 +55,8 @@ def ensure_cohort(
     slides = tiling.find_slides(raw) if raw.is_dir() else []
     if slides:
         out = tiling_dir(data_dir, patch_size, level, tissue_threshold)
-        summary = tiling.tile_slides(slides, out, patch_size, level, tissue_threshold, workers=workers, progress=progress)
+        summary = tiling.tile_slides(slides, out, patch_size, level, tissue_threshold, workers=workers,
+                                     progress=progress)
         if summary.count("tiled") or summary.failed:
             print(f"[data] {out}: {summary.report(max_failures=5)}", flush=True)
 

@@ -147,7 +147,8 @@ def detect_tissue(thumbnail: np.ndarray) -> np.ndarray:
     return morphology.closing(mask, np.ones((CLOSING_FOOTPRINT, CLOSING_FOOTPRINT), bool))
 
 
-def grid_tissue_fraction(mask: np.ndarray, scale: tuple[float, float], xs: np.ndarray, ys: np.ndarray, size0: int) -> np.ndarray:
+def grid_tissue_fraction(mask: np.ndarray, scale: tuple[float, float], xs: np.ndarray, ys: np.ndarray,
+                         size0: int) -> np.ndarray:
     """Tissue fraction of each level-0 square (x, y, size0) from a mask at ``scale`` = level-0 px per mask px."""
     integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.float64)
     integral[1:, 1:] = np.cumsum(np.cumsum(mask, 0), 1)
@@ -241,7 +242,8 @@ def _tile(slide_path: Path, output_dir: Path, h5_path: Path, patch_size: int, le
             raise TilingError(f"{slide_path}: tissue found but no patch reaches tissue fraction {threshold}; "
                               "lower --tissue-threshold or --patch-size")
         attrs = {"slide_path": str(slide_path.resolve()), "slide_id": slide_path.stem, "width": int(width),
-                 "height": int(height), "mpp": mpp, "level": level, "patch_size": patch_size, "patch_size_level0": size0,
+                 "height": int(height), "mpp": mpp, "level": level, "patch_size": patch_size,
+                 "patch_size_level0": size0,
                  "downsample": downsample, "tissue_threshold": threshold, "version": TILING_VERSION}
     with atomic_path(h5_path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -253,13 +255,15 @@ def _tile(slide_path: Path, output_dir: Path, h5_path: Path, patch_size: int, le
     return TileResult(slide_path, h5_path, "tiled", len(coords), warnings=warnings)
 
 
-def _write_qc(path: Path, thumb: np.ndarray, mask: np.ndarray, coords: np.ndarray, scale: tuple[float, float], size0: int) -> None:
+def _write_qc(path: Path, thumb: np.ndarray, mask: np.ndarray, coords: np.ndarray, scale: tuple[float, float],
+              size0: int) -> None:
     overlay = thumb.astype(np.float32)
     overlay[mask] = overlay[mask] * 0.7 + np.array([0, 160, 0]) * 0.3
     img = Image.fromarray(overlay.astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for x, y in coords:
-        draw.rectangle([x / scale[0], y / scale[1], (x + size0) / scale[0] - 1, (y + size0) / scale[1] - 1], outline=(0, 0, 255))
+        draw.rectangle([x / scale[0], y / scale[1], (x + size0) / scale[0] - 1, (y + size0) / scale[1] - 1],
+                       outline=(0, 0, 255))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -31,9 +31,9 @@ def _reject_unknown(modality: str, options: dict[str, Any]) -> None:
 
 
 def _pathology_parts(backbone="resnet50", input_channels=3, pretrained=False, aggregator="attention_mil",
-                     freeze=False, input_size=224, **rest) -> dict[str, nn.Module]:
+                     freeze=False, input_size=224, weights=None, **rest) -> dict[str, nn.Module]:
     _reject_unknown("pathology", rest)
-    encoder = PatchEncoder(backbone, input_channels, pretrained, freeze, input_size)
+    encoder = PatchEncoder(backbone, input_channels, pretrained, freeze, input_size, weights=weights)
     aggregator = {"type": aggregator} if isinstance(aggregator, str) else dict(aggregator)
     return {"patch_encoder": encoder, "mil": build_mil(encoder.out_dim, **aggregator)}
 
@@ -68,7 +68,8 @@ class MultiModalModelBuilder:
     def add_modality(self, name: str, backbone: str, input_channels: int | None = None, pretrained: bool | str = False,
                      aggregator: str | dict = "attention_mil", input_dim: int | None = None,
                      hidden_dims: list[int] | None = None, **ext) -> "MultiModalModelBuilder":
-        """Add one modality (pathology | mri | clinical). ext options: pathology `freeze`, `input_size`;
+        """Add one modality (pathology | mri | clinical). ext options: pathology `freeze`, `input_size`,
+        `weights` (a state_dict file | "random" | None, see zoo.models.encoders);
         mri `width`; clinical `dropout`. `aggregator` is a type name or {'type', 'hidden_dim', 'dropout'}."""
         lookup(MODALITY_PARTS, name, "modality")
         if name in self._modalities:
@@ -105,8 +106,13 @@ class MultiModalModelBuilder:
 
 
 def without_pretrained(modalities: dict) -> dict:
-    """The `model.modalities` section with every pretrained-weights source turned off (random init)."""
-    return {name: {**options, "pretrained": False} for name, options in modalities.items()}
+    """The `model.modalities` section with every pretrained-weights source turned off (random init, silent):
+    `pretrained: false` everywhere and, for pathology, `weights: false` (no file, env var or default path is
+    looked at, and foundation-model encoders build without their required weights)."""
+    off = {name: {**options, "pretrained": False} for name, options in modalities.items()}
+    if "pathology" in off:
+        off["pathology"]["weights"] = False
+    return off
 
 
 def build_model_from_config(model_config: dict, *, load_pretrained: bool = True) -> MultiModalModel:

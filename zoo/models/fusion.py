@@ -32,7 +32,8 @@ class ProjectedModalities(nn.Module):
     def __init__(self, dims: list[int], hidden_dim: int, dropout: float):
         super().__init__()
         self.projections = nn.ModuleList(
-            nn.Sequential(nn.Linear(d, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout))
+            nn.Sequential(nn.Linear(d, hidden_dim), nn.LayerNorm(hidden_dim), nn.ReLU(inplace=True),
+                          nn.Dropout(dropout))
             for d in dims
         )
         self.missing_tokens = nn.Parameter(torch.zeros(len(dims), hidden_dim))
@@ -84,7 +85,8 @@ class AttentionFusion(Fusion):
     def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1):
         super().__init__(dims, hidden_dim, num_heads, dropout)
         self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
-        self.score = nn.Sequential(nn.Linear(hidden_dim, hidden_dim // 2 or 1), nn.Tanh(), nn.Linear(hidden_dim // 2 or 1, 1))
+        self.score = nn.Sequential(nn.Linear(hidden_dim, hidden_dim // 2 or 1), nn.Tanh(),
+                                   nn.Linear(hidden_dim // 2 or 1, 1))
 
     def forward(self, embeddings, presence):
         tokens = self.tokens(embeddings, presence)
@@ -141,9 +143,11 @@ class BilinearFusion(Fusion):
         m = len(dims)
         self.rank_dim = max(2, min(32, hidden_dim, int(round(4096 ** (1.0 / m))) - 1))
         self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
-        self.reduce = nn.ModuleList(nn.Sequential(nn.Linear(hidden_dim, self.rank_dim), nn.ReLU(inplace=True)) for _ in dims)
+        self.reduce = nn.ModuleList(nn.Sequential(nn.Linear(hidden_dim, self.rank_dim),
+                                                  nn.ReLU(inplace=True)) for _ in dims)
         self.gates = nn.Linear(m * hidden_dim, m * self.rank_dim)
-        self.mix = nn.Sequential(nn.Dropout(dropout), nn.Linear((self.rank_dim + 1) ** m, hidden_dim), nn.ReLU(inplace=True))
+        self.mix = nn.Sequential(nn.Dropout(dropout), nn.Linear((self.rank_dim + 1) ** m, hidden_dim),
+                                 nn.ReLU(inplace=True))
 
     def forward(self, embeddings, presence):
         tokens = self.tokens(embeddings, presence)
@@ -220,7 +224,8 @@ class FusionHead(nn.Module):
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"fusion modality_dropout must be in [0, 1), got {modality_dropout}")
         self.fusion_type = fusion_type
-        self.fusion = lookup(FUSIONS, fusion_type, "fusion type")(list(dims), int(hidden_dim), int(num_heads), float(dropout))
+        fusion_class = lookup(FUSIONS, fusion_type, "fusion type")
+        self.fusion = fusion_class(list(dims), int(hidden_dim), int(num_heads), float(dropout))
         self.head = lookup(HEADS, head_type, "head type")(self.fusion.out_dim, int(num_classes), float(head_dropout))
         self.modality_dropout = float(modality_dropout)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1, empty_uniform: bool = False) -> torch.Tensor:
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1,
+                   empty_uniform: bool = False) -> torch.Tensor:
     """Softmax over entries where `mask` is True; masked entries get exactly 0.
 
     A slice with no valid entry gets all zeros, or (empty_uniform=True) uniform weights over every entry.

@@ -34,7 +34,8 @@ class MultiModalModel(nn.Module):
         return any(batch.get(k) is not None for k in keys)
 
     def _batch_size(self, batch: dict) -> int:
-        for key in (spec.KEY_PRESENCE, spec.KEY_PATHOLOGY_FEATURES, spec.KEY_PATHOLOGY, spec.KEY_MRI, spec.KEY_CLINICAL):
+        for key in (spec.KEY_PRESENCE, spec.KEY_PATHOLOGY_FEATURES, spec.KEY_PATHOLOGY, spec.KEY_MRI,
+                    spec.KEY_CLINICAL):
             if isinstance(batch.get(key), torch.Tensor):
                 return batch[key].shape[0]
         raise ValueError(f"batch has none of the model's inputs {self.modalities}; keys given: {sorted(batch)}")

@@ -1,93 +1,172 @@
 """2D patch encoders: uint8 or float patches [N,3,H,W] -> features [N,D].
 
-Preprocessing lives inside the graph (so exported/served encoders take raw uint8 patches):
-uint8 -> float/255 -> resize to `input_size` (bilinear) -> ImageNet normalisation. Resizing before
+The encoder is one record of the registry (`zoo.models.encoders.registry`): its architecture, embedding dim and
+preprocessing. Preprocessing lives inside the graph (so exported/served encoders take raw uint8 patches):
+uint8 -> float/255 -> resize to `input_size / crop_pct` (the record's interpolation, antialias off) -> centre
+crop `input_size` (when crop_pct < 1) -> (x - mean) / std with the record's mean/std. Resizing before
 normalising is exactly equivalent (both are per-pixel affine maps) and cheaper when downsampling.
+
+Weights (see the registry's docstring): `weights` = a file (strict), "random" (warned), False (random and
+silent: the caller loads every weight, e.g. from a training checkpoint), or None = the env var / default local
+path, else foundation models are an error and torchvision backbones follow `pretrained`. Never a download.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import spec
-from zoo.models._lookup import lookup
-from zoo.models.weights import resolve_pretrained
+from zoo.models.encoders import ENCODERS, EncoderRecord, build_trunk, get_record
+from zoo.models.weights import (
+    RANDOM,
+    check_state_dict,
+    load_checked,
+    read_weights_file,
+    sha256_file,
+    torch_hub_checkpoint,
+    warn_random_once,
+)
+
+PATCH_BACKBONES: dict[str, EncoderRecord] = ENCODERS  # name -> record (kept name: configs call them backbones)
 
 
 @dataclass(frozen=True)
-class PatchBackbone:
-    make: Callable[[], nn.Module]  # trunk without classifier, output [N,D] (or [N,D,1,1])
-    out_dim: int
-    # torchvision weights URL (the file is looked up in the local hub cache only); None = no published weights
-    hub_url: Callable[[], str] | None = None
+class WeightsChoice:
+    kind: str                 # "file" | "random" (warned) | "none" (random, silent)
+    path: Path | None = None
+    how: str = ""             # where the path came from, for messages
 
 
-def _torchvision_resnet(name: str, weights_enum: str, out_dim: int) -> PatchBackbone:
-    # torchvision is imported only when one of its backbones is used (it is slow to import).
-    def make() -> nn.Module:
-        import torchvision
-
-        net = getattr(torchvision.models, name)(weights=None)
-        net.fc = nn.Identity()
-        return net
-
-    def hub_url() -> str:
-        import torchvision
-
-        return getattr(torchvision.models, weights_enum).DEFAULT.url
-
-    return PatchBackbone(make, out_dim, hub_url)
+def _torchvision_cache(record: EncoderRecord) -> tuple[Path, str] | None:
+    if not record.weights_url:
+        return None
+    return torch_hub_checkpoint(record.weights_url), record.weights_url
 
 
-def _cnn_tiny() -> nn.Module:
-    """A 3-conv encoder for tests and smoke runs (32-dim features)."""
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def find_weights(record: EncoderRecord) -> tuple[Path | None, str]:
+    """Where this encoder's weights would be read from without a `weights` key (never a download):
+    (path, how) or (None, what was looked at)."""
+    env = os.environ.get(record.weights_env)
+    if env:
+        return Path(env).expanduser(), f"${record.weights_env}"
+    for path in record.default_weights_paths():
+        if path.is_file():
+            return path, "default path"
+    cached = _torchvision_cache(record)
+    if cached and cached[0].is_file():
+        return cached[0], "torch hub cache"
+    looked = [f"${record.weights_env}", *map(str, record.default_weights_paths())]
+    if cached:
+        looked.append(str(cached[0]))
+    return None, "not found: " + ", ".join(looked)
 
-    return nn.Sequential(*block(3, 8), *block(8, 16), *block(16, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+
+def _no_weights_error(record: EncoderRecord) -> FileNotFoundError:
+    defaults = " or ".join(map(str, record.default_weights_paths()))
+    return FileNotFoundError(
+        f"encoder {record.name!r} ({record.architecture}) is a pretrained foundation model and no weights file "
+        f"was given or found: set model.modalities.pathology.weights: /path/to/{record.name} weights "
+        f"(.bin/.pt/.pth/.safetensors state_dict; {record.weights_hint or 'see its model card'}), or "
+        f"{record.weights_env}=/path, or put the file at {defaults}; or set weights: random for an explicitly "
+        f"random encoder. Nothing is downloaded")
 
 
-PATCH_BACKBONES: dict[str, PatchBackbone] = {
-    "resnet18": _torchvision_resnet("resnet18", "ResNet18_Weights", 512),
-    "resnet34": _torchvision_resnet("resnet34", "ResNet34_Weights", 512),
-    "resnet50": _torchvision_resnet("resnet50", "ResNet50_Weights", 2048),
-    "cnn_tiny": PatchBackbone(_cnn_tiny, 32),
-}
+def resolve_weights(record: EncoderRecord, pretrained: bool | str | None, weights: str | bool | None) -> WeightsChoice:
+    """Which weights `PatchEncoder(record.name, pretrained=..., weights=...)` loads; errors say what to do."""
+    if weights is False:
+        return WeightsChoice("none")
+    if isinstance(weights, str) and weights.strip():
+        if weights.strip() == RANDOM:
+            return WeightsChoice("random")
+        return WeightsChoice("file", Path(weights).expanduser(), "weights")
+    if weights not in (None, ""):
+        raise ValueError(f"encoder {record.name!r}: weights must be a file path, 'random' or null, got {weights!r}")
+    if isinstance(pretrained, str) and pretrained.strip():
+        return WeightsChoice("file", Path(pretrained).expanduser(), "pretrained")
+    if not record.requires_weights and not pretrained:
+        return WeightsChoice("none")  # torchvision / cnn_tiny with pretrained: false, as before
+    env = os.environ.get(record.weights_env)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{record.weights_env}={env} names no file: the weights of encoder "
+                                    f"{record.name!r} ({record.weights_hint or record.architecture}) are not there; "
+                                    f"fix or unset {record.weights_env}")
+        return WeightsChoice("file", path, f"${record.weights_env}")
+    for path in record.default_weights_paths():
+        if path.is_file():
+            return WeightsChoice("file", path, "default path")
+    if record.requires_weights:
+        raise _no_weights_error(record)
+    cached = _torchvision_cache(record)
+    if cached is None:
+        raise ValueError(f"backbone {record.name!r} has no published pretrained weights; set pretrained: false "
+                         f"or pretrained: /path/to/state_dict.pt")
+    path, url = cached
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained: true for {record.name!r} needs the torchvision weights file {path} "
+            f"(downloads are never started). Copy {os.path.basename(url)} (from {url}) there, "
+            f"or set pretrained: /path/to/checkpoint.pt (or {record.weights_env}), or pretrained: false")
+    return WeightsChoice("file", path, "torch hub cache")
 
 
 class PatchEncoder(nn.Module):
     """Raw patches in, features out; `freeze=True` fixes the weights and keeps BatchNorm in eval mode."""
 
     def __init__(self, backbone: str = "resnet50", input_channels: int = 3, pretrained: bool | str = False,
-                 freeze: bool = False, input_size: int = 224):
+                 freeze: bool = False, input_size: int | None = None, weights: str | bool | None = None):
         super().__init__()
         if input_channels != 3:
             raise ValueError(f"pathology input_channels must be 3 (RGB patches), got {input_channels}")
-        if int(input_size) < 16:
+        record = get_record(backbone)
+        input_size = record.input_size if input_size is None else int(input_size)
+        if input_size < 16:
             raise ValueError(f"pathology input_size must be >= 16 pixels, got {input_size}")
-        spec_ = lookup(PATCH_BACKBONES, backbone, "pathology backbone")
+        if record.patch_size and input_size % record.patch_size:
+            raise ValueError(f"pathology input_size {input_size} must be a multiple of encoder {backbone!r}'s ViT "
+                             f"patch size {record.patch_size} (its native size is {record.input_size})")
+        self.record = record
         self.backbone_name = backbone
-        self.trunk = spec_.make()
-        hub_url = spec_.hub_url() if spec_.hub_url and pretrained is True else None
-        resolve_pretrained(self.trunk, pretrained, backbone, hub_url)
-        self.out_dim = spec_.out_dim
-        self.input_size = int(input_size)
+        choice = resolve_weights(record, pretrained, weights)
+        self.weights_sha256: str | None = None
+        self.weights_source = choice.how if choice.kind == "file" else choice.kind
+        if choice.kind == "file":
+            state = read_weights_file(choice.path, backbone)
+            with torch.device("meta"):  # no random init and no second copy: the file's tensors are adopted
+                self.trunk, self.pool = build_trunk(record)
+            state = check_state_dict(self.trunk, state, encoder=backbone, source=str(choice.path),
+                                     drop_prefixes=record.drop_prefixes, hint=record.weights_hint)
+            load_checked(self.trunk, state, assign=True)
+            self.weights_sha256 = sha256_file(choice.path)
+        else:
+            self.trunk, self.pool = build_trunk(record)
+            if choice.kind == "random":
+                warn_random_once(backbone)
+        self.out_dim = record.embedding_dim
+        self.input_size = input_size
+        self.resize_size = int(round(input_size / record.crop_pct))
+        self.interpolation = record.interpolation
         self.frozen = bool(freeze)
-        self.normalisation = (tuple(spec.IMAGENET_MEAN), tuple(spec.IMAGENET_STD))  # exact values, for records
-        self.register_buffer("mean", torch.tensor(spec.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalisation = (tuple(record.mean), tuple(record.std))  # exact values, for records
+        self.register_buffer("mean", torch.tensor(record.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(record.std).view(1, 3, 1, 1), persistent=False)
         if self.frozen:
             self.trunk.requires_grad_(False)
             self.trunk.eval()
 
     def preprocessing(self) -> dict:
         """What the graph does to raw uint8 patches, as the record that travels checkpoint -> manifest -> Triton."""
-        return {"backbone": self.backbone_name, "input_size": self.input_size,
-                "normalisation": {"mean": list(self.normalisation[0]), "std": list(self.normalisation[1])}}
+        return {"backbone": self.backbone_name, "encoder": self.backbone_name,
+                "architecture": self.record.architecture, "embedding_dim": self.out_dim,
+                "input_size": self.input_size, "resize_size": self.resize_size, "crop_pct": self.record.crop_pct,
+                "interpolation": self.interpolation, "antialias": False,
+                "normalisation": {"mean": list(self.normalisation[0]), "std": list(self.normalisation[1])},
+                "pooling": self.record.pooling, "weights_sha256": self.weights_sha256}
 
     def train(self, mode: bool = True) -> "PatchEncoder":
         super().train(mode)
@@ -97,10 +176,13 @@ class PatchEncoder(nn.Module):
 
     def preprocess(self, patches: torch.Tensor) -> torch.Tensor:
         x = patches.float() / 255.0 if patches.dtype == torch.uint8 else patches.float()
-        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
-                              antialias=False)
+        size = self.resize_size
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode=self.interpolation, align_corners=False, antialias=False)
+        if size != self.input_size:
+            top = (size - self.input_size) // 2
+            x = x[..., top:top + self.input_size, top:top + self.input_size]
         return (x - self.mean) / self.std
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.trunk(self.preprocess(patches)).flatten(1)
+        return self.pool(self.trunk(self.preprocess(patches)))

@@ -11,7 +11,8 @@ class MLPEncoder(nn.Module):
     def __init__(self, input_dim: int, hidden_dims: list[int] | tuple[int, ...] = (64, 128, 256), dropout: float = 0.1):
         super().__init__()
         if int(input_dim) < 1 or not hidden_dims:
-            raise ValueError(f"clinical mlp needs input_dim >= 1 and at least one hidden dim, got {input_dim}, {hidden_dims}")
+            raise ValueError(f"clinical mlp needs input_dim >= 1 and at least one hidden dim, "
+                             f"got {input_dim}, {hidden_dims}")
         layers, cin = [], int(input_dim)
         for width in hidden_dims:
             layers += [nn.Linear(cin, int(width)), nn.LayerNorm(int(width)), nn.ReLU(inplace=True), nn.Dropout(dropout)]

@@ -24,8 +24,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo.atomic import remove_orphaned_temps
-from zoo.data.feature_files import (TRIDENT_PREFIX, find_coords_files, read_coords_file, write_trident_features,
-                                    FeatureFileError)
+from zoo.cli_help import HelpFormatter
+from zoo.data.feature_files import (
+    TRIDENT_PREFIX,
+    FeatureFileError,
+    find_coords_files,
+    read_coords_file,
+    write_trident_features,
+)
 from zoo.data.patches import iter_patch_batches
 from zoo.data.tile import SLIDE_SUFFIXES
 from zoo.training.feature_cache import sha256_file, weights_hash
@@ -142,9 +148,11 @@ def extract_features(encoder: nn.Module, encoder_name: str, slides_dir: str | Pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo.features", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m zoo.features", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("extract", help="patch features of every tiled slide, TRIDENT layout")
+    p = sub.add_parser("extract", formatter_class=HelpFormatter,
+                       help="patch features of every tiled slide, TRIDENT layout")
     p.add_argument("--encoder", required=True, help="patch encoder (backbone) name, e.g. resnet18; also the "
                    "features_<encoder>/ folder name")
     p.add_argument("--weights", default=None, help="state_dict file of the encoder (default: random weights)")

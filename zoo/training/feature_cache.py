@@ -24,6 +24,7 @@ from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.data.patches import iter_patch_batches
 from zoo.data.tile import load_coords
 from zoo.hashing import sha256_file
+from zoo.hashing import sha256_file
 
 FEATURE_CACHE_VERSION = 1
 FEATURES_DIRNAME = "features"

@@ -75,7 +75,8 @@ def format_results_table(metrics: dict[str, Any], class_names: Sequence[str] = C
     for name in class_names:
         row = metrics["per_class"][name]
         lines.append(
-            f"{name:<{width}}  {_fmt(row['precision']):>9}  {_fmt(row['recall']):>6}  {_fmt(row['f1']):>5}  {row['support']:>7}"
+            f"{name:<{width}}  {_fmt(row['precision']):>9}  {_fmt(row['recall']):>6}  {_fmt(row['f1']):>5}  "
+            f"{row['support']:>7}"
         )
     short = [n.split()[0][:6] for n in class_names]
     lines.append("confusion matrix (rows = true, columns = predicted)")

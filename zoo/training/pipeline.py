@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from zoo.spec import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 from zoo.training import distributed as ddp
 from zoo.training.metrics import format_results_table
-from zoo.spec import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 from zoo.training.trainer import MultimodalTrainer, seed_everything
 
 SPLITS = ("train", "val", "test")

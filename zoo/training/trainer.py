@@ -21,11 +21,11 @@ import torch.nn as nn
 import yaml
 from tqdm.auto import tqdm
 
-from zoo.training import distributed as ddp
 from zoo.atomic import atomic_write_json, atomic_write_text, remove_orphaned_temps
 from zoo.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
-from zoo.training.metrics import classification_metrics
 from zoo.spec import CLASS_NAMES, KEY_LABEL, KEY_PATIENT_ID, KEY_SLIDE_IDS
+from zoo.training import distributed as ddp
+from zoo.training.metrics import classification_metrics
 
 # Batch keys that describe the sample rather than feed the model.
 NON_INPUT_KEYS = frozenset({KEY_LABEL, KEY_PATIENT_ID, KEY_SLIDE_IDS})
@@ -396,7 +396,8 @@ class MultimodalTrainer:
             "val_auc_macro_ovr": val_m["auc_macro_ovr"], "val_accuracy": val_m["accuracy"],
         }
         self.history.append(row)
-        self.log(f"epoch {epoch + 1}/{self.epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+        self.log(f"epoch {epoch + 1}/{self.epochs}  train loss {row['train_loss']:.4f}  "
+                 f"val loss {row['val_loss']:.4f}  "
                  f"val F1 {row['val_f1_macro']:.3f}  val AUC {row['val_auc_macro_ovr']:.3f}"
                  + ("  *best*" if improved else ""))
         if self.writer is not None:
@@ -438,7 +439,8 @@ class MultimodalTrainer:
             test = self.run_epoch(self.test_loader, train=False, desc="test")
             result["test"] = test.metrics(self.class_names)
             if self.output_dir is not None and ddp.is_main_process():
-                atomic_write_text(self.output_dir / PREDICTIONS_FILE, predictions_table(test, self.class_names).to_csv(index=False))
+                atomic_write_text(self.output_dir / PREDICTIONS_FILE,
+                                  predictions_table(test, self.class_names).to_csv(index=False))
         if self.output_dir is not None and ddp.is_main_process():
             atomic_write_json(self.output_dir / "metrics.json", result)
         return result

@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slide-size", type=int, default=1280, help="longest slide side in px at level 0 (sides vary 80-100%%)")
+    p.add_argument("--slide-size", type=int, default=1280,
+                   help="longest slide side in px at level 0 (sides vary 80-100%%)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--missing-mri", type=float, default=0.04, help="fraction of patients without MRI")
     p.add_argument("--missing-wsi", type=float, default=0.04, help="fraction of patients without slides")

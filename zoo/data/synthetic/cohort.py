@@ -67,7 +67,8 @@ def _write_slide(ph: Phenotype, k: int, params: CohortParams, out: Path) -> None
     rng = np.random.default_rng([params.seed, ph.index, 200 + k])
     layout = make_layout(rng, width, height)
     latent = ph.pathology + rng.normal(0, SLIDE_LATENT_JITTER, ph.pathology.shape)
-    renderer = SlideRenderer(layout, TumourStyle.from_latent(latent), StainStyle.sample(rng), (params.seed, ph.index, k))
+    renderer = SlideRenderer(layout, TumourStyle.from_latent(latent), StainStyle.sample(rng),
+                             (params.seed, ph.index, k))
     write_svs(svs_path, width, height, renderer.render)
     with atomic_path(mask_path) as tmp:
         Image.fromarray(layout.tumour_mask().astype(np.uint8) * 255).save(tmp, format="PNG")
@@ -79,7 +80,8 @@ def _write_mri(ph: Phenotype, params: CohortParams, out: Path) -> None:
     targets = {name: folder / f"{name}.nii.gz" for name in ("T1", "T2")}
     if all(p.exists() for p in targets.values()):
         return
-    images = synthesize_breast_mri(patient_rng(params.seed, ph.index, "mri_render"), ph.mri, params.mri_shape, params.mri_spacing)
+    images = synthesize_breast_mri(patient_rng(params.seed, ph.index, "mri_render"), ph.mri, params.mri_shape,
+                                   params.mri_spacing)
     for name, path in targets.items():
         with atomic_path(path) as tmp:
             nib.save(images[name], tmp)
@@ -175,5 +177,6 @@ def generate_cohort(
         "class_counts": {name: int((table[spec.CLINICAL_LABEL] == k).sum()) for k, name in enumerate(spec.CLASS_NAMES)},
     }
     atomic_write_text(manifest_path, json.dumps({"generator": "zoo.data.synthetic", "version": GENERATOR_VERSION,
-                                                 "complete": True, "params": params.as_json(), "counts": counts}, indent=2))
+                                                 "complete": True, "params": params.as_json(), "counts": counts},
+                                                 indent=2))
     return out

@@ -102,7 +102,8 @@ class SlideLayout:
 
     def sample(self, field: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Bilinear value of ``field`` at level-0 pixel coordinates."""
-        coords = np.stack([(np.asarray(y) + 0.5) / self.downsample - 0.5, (np.asarray(x) + 0.5) / self.downsample - 0.5])
+        coords = np.stack([(np.asarray(y) + 0.5) / self.downsample - 0.5,
+                           (np.asarray(x) + 0.5) / self.downsample - 0.5])
         return ndimage.map_coordinates(field, coords, order=1, mode="nearest")
 
     def window(self, field: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
@@ -150,7 +151,8 @@ def make_layout(rng: np.random.Generator, width: int, height: int, downsample: i
     h, w = -(-height // downsample), -(-width // downsample)
     n_blobs = int(rng.integers(1, 4))
     margin = 0.18
-    centres = np.column_stack([rng.uniform(margin, 1 - margin, n_blobs) * h, rng.uniform(margin, 1 - margin, n_blobs) * w])
+    centres = np.column_stack([rng.uniform(margin, 1 - margin, n_blobs) * h,
+                               rng.uniform(margin, 1 - margin, n_blobs) * w])
     scale = np.sqrt(0.15 / n_blobs) * min(h, w)
     radii = scale * rng.uniform(0.75, 1.2, (n_blobs, 2))
     tissue_raw = _blob_field(rng, (h, w), centres, radii) + 0.18 * _smooth_noise(rng, (h, w), max(1.0, min(h, w) / 20))
@@ -165,7 +167,8 @@ def make_layout(rng: np.random.Generator, width: int, height: int, downsample: i
     n_tumours = int(rng.integers(1, 3))
     t_centres = inside[rng.integers(0, len(inside), n_tumours)].astype(np.float32)
     t_radii = np.sqrt(float((tissue > 0.5).sum()) * 0.55 / (np.pi * n_tumours)) * rng.uniform(0.7, 1.1, (n_tumours, 2))
-    tumour_raw = _blob_field(rng, (h, w), t_centres, t_radii) + 0.15 * _smooth_noise(rng, (h, w), max(1.0, min(h, w) / 30))
+    tumour_raw = _blob_field(rng, (h, w), t_centres,
+                             t_radii) + 0.15 * _smooth_noise(rng, (h, w), max(1.0, min(h, w) / 30))
     tumour = (1 / (1 + np.exp(-12 * (tumour_raw - 0.5)))) * (tissue > 0.5)
     texture = _smooth_noise(rng, (h, w), 1.0)
     return SlideLayout(width, height, downsample, tissue.astype(np.float32), tumour.astype(np.float32), texture)
@@ -280,7 +283,8 @@ class SlideRenderer:
                 for x, y, r in zip((gx - (x0 - m)).tolist(), (gy - (y0 - m)).tolist(), (gr * 2).astype(int).tolist()):
                     _paste(lumen, _stamp(r, 5, 0), x, y, 1.0)
                 columns = ((xs - (x0 - m)).tolist(), (ys - (y0 - m)).tolist(), (rs * 2).astype(int).tolist(),
-                           ds.tolist(), (es * 5).astype(int).tolist(), angs.tolist(), (kinds == NUCLEUS_TUMOUR).tolist())
+                           ds.tolist(), (es * 5).astype(int).tolist(), angs.tolist(),
+                           (kinds == NUCLEUS_TUMOUR).tolist())
                 for x, y, r, d, e, a, is_tumour in zip(*columns):
                     _paste(nuc_tumour if is_tumour else nuc_normal, _stamp(r, e, a), x, y, d)
         nuc_normal, nuc_tumour, lumen = (c[m:-m, m:-m] for c in (nuc_normal, nuc_tumour, lumen))
@@ -288,7 +292,8 @@ class SlideRenderer:
         chromatin = 1 + 0.18 * _noise(rng, h, w)
         fibres = np.clip(1 + 0.22 * texture + 0.10 * _noise(rng, h, w), 0.3, 1.8)
         ts, st = self.tumour, self.stain
-        eosin = tissue_a * (1 - lumen) * ((1 - tumour_a) * 0.48 * fibres + tumour_a * ts.cytoplasm_eosin * (1 + 0.08 * texture))
+        eosin = tissue_a * (1 - lumen) * ((1 - tumour_a) * 0.48 * fibres
+                                          + tumour_a * ts.cytoplasm_eosin * (1 + 0.08 * texture))
         h_normal = st.h_scale * (np.minimum(nuc_normal, 1.8) * 0.95 * chromatin + 0.04 * tissue_a)
         h_tumour = st.h_scale * np.minimum(nuc_tumour, 1.8) * 0.95 * chromatin * (1 - lumen) * tissue_a
         od = (h_normal[..., None] * self.h_vector + h_tumour[..., None] * self.h_vector_tumour

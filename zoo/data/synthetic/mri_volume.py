@@ -63,7 +63,8 @@ def synthesize_breast_mri(
     fgt = breast & (fgt_noise > np.quantile(fgt_noise[breast], rng.uniform(0.55, 0.8)))
 
     # Lesion inside the breast, away from the skin.
-    lesion_centre = np.array([centre_mm[0], wall - semi[1] * 0.5, centre_mm[2]]) + rng.uniform(-0.3, 0.3, 3) * semi * np.array([1, 0.6, 1])
+    lesion_centre = (np.array([centre_mm[0], wall - semi[1] * 0.5, centre_mm[2]])
+                     + rng.uniform(-0.3, 0.3, 3) * semi * np.array([1, 0.6, 1]))
     radius = rng.uniform(6.0, 13.0)
     spikes = rng.standard_normal((14, 3))
     spikes /= np.linalg.norm(spikes, axis=1, keepdims=True)
@@ -100,7 +101,8 @@ def synthesize_breast_mri(
         bias = 1 + 0.12 * (x - centre_mm[0]) / extent[0] + 0.08 * (y - centre_mm[1]) / extent[1]
         signal = ndimage.gaussian_filter((tissue * bias).astype(np.float32), sigma=(0.6, 0.6, 0.3))
         sigma = 0.03
-        noisy = np.hypot(signal + sigma * rng.standard_normal(shape, dtype=np.float32), sigma * rng.standard_normal(shape, dtype=np.float32))
+        noisy = np.hypot(signal + sigma * rng.standard_normal(shape, dtype=np.float32),
+                         sigma * rng.standard_normal(shape, dtype=np.float32))
         data = np.clip(noisy * INTENSITY_SCALE, 0, 32767).astype(np.int16)
         affine = np.diag([*spacing_a, 1.0])
         affine[:3, 3] = origin

@@ -81,7 +81,8 @@ class Phenotype:
 
 
 # Independent random streams per patient, so any part can be regenerated alone and in any order.
-STREAMS = {"label": 0, "pathology": 1, "mri": 2, "clinical": 3, "presence": 4, "slides": 5, "mri_render": 6, "clinical_table": 7}
+STREAMS = {"label": 0, "pathology": 1, "mri": 2, "clinical": 3, "presence": 4, "slides": 5, "mri_render": 6,
+           "clinical_table": 7}
 
 
 def patient_rng(seed: int, index: int, stream: str) -> np.random.Generator:
