@@ -39,7 +39,6 @@ def preprocessing_constants(config: Mapping[str, Any], recorded: Mapping[str, An
     """
     from export.geometry import config_value
 
-    from export.geometry import config_value
 
     recorded = dict(recorded or {})
     table = {
@@ -115,7 +114,6 @@ def _require(cond: bool, where: str, message: str) -> None:
 def _check_tensor(t: Any, where: str) -> None:
     from export.signature import TORCH_DTYPES
 
-    from export.signature import TORCH_DTYPES
 
     _require(isinstance(t, dict) and {"name", "dtype", "shape"} <= set(t), where,
              "tensor needs name, dtype and shape")
@@ -183,6 +181,5 @@ def load_manifest(path: str | os.PathLike, verify_files: bool = True, require_pa
 def part_signature(manifest: Mapping[str, Any], part: str) -> Signature:
     from export.signature import Signature
 
-    from export.signature import Signature
 
     return Signature.from_json(manifest["parts"][part])

@@ -17,7 +17,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from export import names
-from export import names
 from export.formats import ExportError
 
 QUANTIZED_PARTS = (names.PATCH_ENCODER,)

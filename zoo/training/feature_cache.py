@@ -19,12 +19,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo.training import distributed as ddp
 from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.data.patches import iter_patch_batches
 from zoo.data.tile import load_coords
 from zoo.hashing import sha256_file
-from zoo.hashing import sha256_file
+from zoo.training import distributed as ddp
 
 FEATURE_CACHE_VERSION = 1
 FEATURES_DIRNAME = "features"
