@@ -93,7 +93,16 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
         assert sorted(oof["patient_id"]) == sorted(cohort["patient_id"])
         np.testing.assert_array_equal(oof["label"], cohort.set_index("patient_id").loc[oof["patient_id"],
                                                                                        "molecular_subtype"])
-    assert sorted(table["entry"]) == sorted(entries) and (table["seeds"] == 1).all()
+    # the late-fusion baseline of the two single-modality entries: the mean of their out-of-fold probabilities
+    assert sorted(table["entry"]) == sorted([*entries, "late_fusion-path_clin"]) and (table["seeds"] == 1).all()
+    members = [out_of_fold_predictions([out / "runs" / e / "seed0" / f"fold{f}" for f in range(3)])
+               for e in ("pathology_only", "clinical_only")]
+    columns = [c for c in members[0].columns if c.startswith("p_")]
+    mean = (members[0][columns].to_numpy() + members[1][columns].to_numpy()) / 2
+    late = table.set_index("entry").loc["late_fusion-path_clin"]
+    expected = macro_f1(members[0]["label"].to_numpy(), mean.argmax(1), len(CLASS_NAMES))
+    assert late["test_f1_mean"] == pytest.approx(expected) and late["fusion"] == "late (mean)"
+    assert (out / "late_fusion" / "late_fusion-path_clin" / "seed0" / PREDICTIONS_FILE).is_file()
     assert "out-of-fold" in (out / "leaderboard.md").read_text()
     pooled = json.loads((out / "runs" / "clinical_only" / "seed0" / "out_of_fold_metrics.json").read_text())
     assert pooled["num_samples"] == len(cohort) and set(pooled["per_class"]) == set(CLASS_NAMES)

@@ -88,7 +88,11 @@ def leaderboard(runs: pd.DataFrame, ceilings: dict[str, float] | None = None) ->
 
 
 def leaderboard_markdown(table: pd.DataFrame, failures: pd.DataFrame, note: str = "") -> str:
+    from zoo.analysis.late_fusion import LATE_FUSION
+
     def pm(row: pd.Series, m: str) -> str:
+        if pd.isna(row[f"{m}_mean"]):
+            return "–"  # the late-fusion baseline fits nothing, so it has no validation score
         return f"{row[f'{m}_mean']:.3f} ± {row[f'{m}_std']:.3f}"
 
     has_ceiling = "ceiling" in table.columns and table["ceiling"].notna().any()
@@ -101,6 +105,9 @@ def leaderboard_markdown(table: pd.DataFrame, failures: pd.DataFrame, note: str 
         lines.append(f"| {row['entry']} | {row['modalities']} | {row['fusion']} | {pm(row, 'test_f1')} | "
                      f"{pm(row, 'test_auc')} | {pm(row, 'val_f1')} | {pm(row, 'val_auc')} | {int(row['params']):,} | "
                      f"{row['train_time_s_mean']:.0f} | {row['seeds']} |{ceiling}")
+    if table["fusion"].eq(LATE_FUSION).any():
+        lines += ["", f"`late_fusion-*` ({LATE_FUSION}): the mean of the single-modality entries' class probabilities "
+                  "per patient, the baseline a learned fusion strategy has to beat."]
     if has_ceiling:
         lines += ["", "Bayes ceiling: macro F1 of the MAP rule on the generator's own latents for the entry's "
                   "modalities (python -m zoo.data.synthetic.ceiling); no model of the rendered files can beat it in "
@@ -147,6 +154,13 @@ def write_outputs(rows: list[dict[str, Any]], out_dir: Path, folds: int | None =
     runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False))
     scored_runs = runs if scored is None else pd.DataFrame(scored, columns=RUN_COLUMNS)
+    from zoo.analysis.late_fusion import late_fusion_rows
+
+    singles = [SHORT_MODALITY[m] for m in MODALITIES]
+    late = late_fusion_rows(out_dir, runs, folds, singles, lambda n, seed, fold: run_path(out_dir, n, seed, fold),
+                            late_fusion_row)
+    if late:
+        scored_runs = pd.concat([scored_runs, pd.DataFrame(late, columns=RUN_COLUMNS)], ignore_index=True)
     table = leaderboard(scored_runs, read_ceilings(out_dir))
     note = "" if not folds else (f"{folds}-fold cross-validation over the whole cohort: test F1 / AUC are out-of-fold "
                                  "(every patient predicted once, by the fold that held it out); val F1 / AUC are the "
@@ -228,8 +242,21 @@ def read_ceilings(out_dir: Path) -> dict[str, float]:
 
 
 def fold_run_dir(out_dir: Path, entry: Any, seed: int, fold: int | None) -> Path:
-    run_dir = out_dir / "runs" / entry.name / f"seed{seed}"
+    return run_path(out_dir, entry.name, seed, fold)
+
+
+def run_path(out_dir: Path, name: str, seed: int, fold: int | None) -> Path:
+    run_dir = out_dir / "runs" / name / f"seed{seed}"
     return run_dir if fold is None else run_dir / f"fold{fold}"
+
+
+def late_fusion_row(name: str, label: str, seed: int, metrics: dict[str, Any], params: float,
+                    train_time_s: float) -> dict[str, Any]:
+    from zoo.analysis.late_fusion import LATE_FUSION
+
+    return {"entry": name, "seed": seed, "fold": np.nan, "modalities": label, "fusion": LATE_FUSION, "status": "ok",
+            "val_f1": np.nan, "val_auc": np.nan, "test_f1": metrics["f1_macro"], "test_auc": metrics["auc_macro_ovr"],
+            "test_accuracy": metrics["accuracy"], "params": params, "train_time_s": train_time_s, "error": ""}
 
 
 def prepare_fold_views(out_dir: Path, entries: Sequence[Any], recipe: str | None, data_dir: str | Path | None,
