@@ -12,10 +12,10 @@ import torch
 
 from zoo.encoders import main as encoders_main
 from zoo.models import build_model_from_config
+from zoo.models import weights as weights_module
 from zoo.models.encoders import ENCODERS, EncoderRecord, build_trunk
 from zoo.models.encoders.pooling import ClsMeanPool
 from zoo.models.patch_encoders import PatchEncoder
-from zoo.models import weights as weights_module
 from zoo.registry import get_entry
 
 # Parameter counts of the published models (model cards / papers), as built here on the meta device.
