@@ -6,8 +6,15 @@ import h5py
 import numpy as np
 import pytest
 
-from zoo.data.feature_files import (FeatureFileError, detect_feature_folder, level0_magnification,
-                                    read_coords_file, read_feature_file, scan_feature_files, write_trident_features)
+from zoo.data.feature_files import (
+    FeatureFileError,
+    detect_feature_folder,
+    level0_magnification,
+    read_coords_file,
+    read_feature_file,
+    scan_feature_files,
+    write_trident_features,
+)
 
 TRIDENT_COORDS_ATTRS = {"patch_size": 256, "patch_size_level0": 512, "level0_magnification": 40,
                         "target_magnification": 20, "overlap": 0, "name": "S1", "savetodir": "/x/20x_256px_0px_overlap",

@@ -35,7 +35,8 @@ def test_our_coords_and_features_read_as_trident(easy_cohort, trident_job):
                 "name", "savetodir", "level0_width", "level0_height"):
         assert key in attrs, key
     assert attrs["level0_magnification"] == 20 and attrs["target_magnification"] == 20  # synthetic: 0.5 mpp, 20x
-    assert attrs["patch_size_level0"] == attrs["patch_size"] * attrs["level0_magnification"] // attrs["target_magnification"]
+    level0_size = attrs["patch_size"] * attrs["level0_magnification"] // attrs["target_magnification"]
+    assert attrs["patch_size_level0"] == level0_size
     assert attrs["name"] == coords_file.stem and attrs["overlap"] == 0
     features_file = job / "features_cnn_tiny" / f"{coords_file.stem}.h5"
     with h5py.File(features_file, "r") as fh:

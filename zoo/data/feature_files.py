@@ -316,7 +316,8 @@ def detect_feature_folder(root: str | os.PathLike, encoder: str | None = None) -
         else:
             folder = FeatureFolder(root, "flat", root, encoder, None, _files_in(root, ".h5"))
     if not folder.files:
-        raise FeatureFileError(f"{folder.directory}: no feature files (<slide>.h5{' or .pt' if folder.layout == 'clam' else ''})")
+        suffixes = "<slide>.h5" + (" or .pt" if folder.layout == "clam" else "")
+        raise FeatureFileError(f"{folder.directory}: no feature files ({suffixes})")
     if folder.encoder is None:
         recorded = {feature_file_encoder(p) for p in list(folder.files.values())[:20]} - {None}
         if len(recorded) == 1:
