@@ -175,13 +175,11 @@ def bench_model(profile, workdir, slide_cache) -> BenchModel:
     from export.parts import ParitySizes
     from export.pipeline import export_checkpoint
     from export.source import Target
-    from zoo import spec
-    from zoo.checkpoint import save_checkpoint
+    from zoo.checkpoint import checkpoint_payload, save_checkpoint
+    from zoo.spec import BEST_CHECKPOINT
 
     entry, config, model = build_bench_model(profile.recipe)
-    checkpoint = save_checkpoint(workdir / "checkpoint" / "best.pt", {
-        "entry": entry.name, "version": entry.version, "config": config, "class_names": list(spec.CLASS_NAMES),
-        "state_dict": model.state_dict(), "preprocessing": {}, "epoch": 0, "metrics": {}})
+    checkpoint = save_checkpoint(workdir / "checkpoint" / BEST_CHECKPOINT, checkpoint_payload(entry, config, model))
     sizes = ParitySizes(patches=(1, 5), bag=(1, 40), batch=(1, 2))  # export's own parity, kept small
     patch_size = int(config["data"]["modalities"]["pathology"]["patch_size"])
     formats = {"onnx": (OnnxFormat, "fp32"), "torchscript": (TorchScriptFormat, "fp32"),

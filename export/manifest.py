@@ -31,37 +31,18 @@ class ManifestError(ValueError):
     """manifest.json is missing, malformed, or does not match the files next to it."""
 
 
-def preprocessing_constants(config: Mapping[str, Any], recorded: Mapping[str, Any] | None,
-                            modalities: tuple[str, ...]) -> dict[str, Any]:
-    """What a client must do to raw data before the graphs see it, per modality the model uses.
+def preprocessing_constants(payload: Mapping[str, Any], model: Any, modalities: tuple[str, ...]) -> dict[str, Any]:
+    """What a client must do to raw data before the graphs see it, per modality the model uses: the checkpoint's
+    preprocessing record (`zoo.checkpoint.preprocessing_record`, written by the trainer), copied."""
+    from zoo.checkpoint import preprocessing_record
 
-    Values recorded by the trainer in the checkpoint win over those re-read from its config.
-    """
-    from export.geometry import config_value
-
-
-    recorded = dict(recorded or {})
-    table = {
-        spec.KEY_PATHOLOGY: lambda: {
-            "patch_size": int(config_value(config, "data.modalities.pathology.patch_size")),
-            "level": int(config_value(config, "data.modalities.pathology.level")),
-            "max_patches": int(config_value(config, "data.modalities.pathology.max_patches")),
-            "tissue_threshold": float(config_value(config, "data.modalities.pathology.tissue_threshold")),
-            "input_size": int(config_value(config, "model.modalities.pathology.input_size")),
-            "normalisation": {"mean": list(spec.IMAGENET_MEAN), "std": list(spec.IMAGENET_STD),
-                              "applied": "inside patch_encoder: uint8/255, resize to input_size, (x-mean)/std"},
-            **(recorded.get(spec.KEY_PATHOLOGY) or {}),
-        },
-        spec.KEY_MRI: lambda: {
-            "sequences": list(config_value(config, "data.modalities.mri.sequences")),
-            "target_spacing": [float(v) for v in config_value(config, "data.modalities.mri.target_spacing")],
-            "output_shape": [int(v) for v in config_value(config, "data.modalities.mri.output_shape")],
-            **(recorded.get(spec.KEY_MRI) or {}),
-        },
-        # The fitted ClinicalPreprocessor.to_dict() from the checkpoint, verbatim (None if the trainer had none).
-        spec.KEY_CLINICAL: lambda: recorded.get(spec.KEY_CLINICAL),
-    }
-    return {m: table[m]() for m in modalities}
+    recorded = dict(payload.get("preprocessing") or {})
+    if int(payload.get("format", 1)) < 2:
+        # Checkpoints written before the trainer stored the complete record (checkpoint format 1, entry version
+        # 1.1) hold only part of it: rebuild it from their config and rebuilt model, keeping the fitted clinical
+        # preprocessor. The only place export derives preprocessing from a config.
+        recorded = preprocessing_record(payload["config"], model, clinical=recorded.get(spec.KEY_CLINICAL))
+    return {m: recorded.get(m) for m in modalities}
 
 
 def build_manifest(*, fmt: str, entry: Any, version: str, class_names: list[str], geometry: Geometry,

@@ -124,7 +124,7 @@ def export_checkpoint(target: Target, fmt: ExportFormat, output_dir: Path, *, op
         manifest = build_manifest(
             fmt=fmt.name, entry=source.entry, version=source.version,
             class_names=list(source.payload.get("class_names") or spec.CLASS_NAMES), geometry=geometry, parts=records,
-            preprocessing=preprocessing_constants(config, source.payload.get("preprocessing"), geometry.modalities),
+            preprocessing=preprocessing_constants(source.payload, model, geometry.modalities),
             checkpoint=source.checkpoint, checkpoint_sha256=source.checkpoint_sha256,
             opset=opset if fmt.name == "onnx" else None, precision=precision, parity=report.summary(),
             tolerance=report.tolerance, quantization=quantization,

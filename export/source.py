@@ -1,6 +1,6 @@
 """Where an export comes from: resolve `ENTRY_OR_CHECKPOINT`, load and validate the checkpoint, rebuild the model.
 
-Checkpoints are read with `torch.load(weights_only=True)` (via `zoo.checkpoint.load_checkpoint`) only.
+Checkpoints are read and rebuilt by `zoo.checkpoint.load_model` (`torch.load(weights_only=True)` only).
 """
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import Any
 
 from torch import nn
 
-from zoo import spec
+from zoo.checkpoint import TRAIN_HINT, CheckpointError
 from zoo.hashing import sha256_file
+from zoo.spec import BEST_CHECKPOINT
 
 DEFAULT_CHECKPOINT_ROOT = Path("outputs")
-CHECKPOINT_NAME = "best.pt"
-TRAIN_HINT = "train one first: uv run python -m zoo.train <entry> (e.g. --recipe tiny for a smoke run)"
+CHECKPOINT_NAME = BEST_CHECKPOINT
 
 
-class SourceError(ValueError):
-    """The requested checkpoint is missing, unreadable, or not the entry/version asked for."""
+class SourceError(CheckpointError):
+    """The requested checkpoint is missing, unreadable, or not the entry/version asked for (a CheckpointError)."""
 
 
 @dataclass(frozen=True)
@@ -84,44 +84,15 @@ def resolve_targets(items: list[str], checkpoint_root: Path = DEFAULT_CHECKPOINT
 
 
 def load_source(target: Target, version: str | None = None) -> ExportSource:
-    """Load `target`'s checkpoint, check it is the entry (and version) asked for, rebuild the model in eval mode."""
-    from zoo.checkpoint import load_checkpoint
-    from zoo.models import build_model_from_config
+    """Load `target`'s checkpoint, check it is the entry (and version) asked for, rebuild the model in eval mode
+    (`zoo.checkpoint.load_model`, the checkpoint format's one owner)."""
+    from zoo.checkpoint import load_model
 
     path = target.checkpoint
-    if not path.is_file():
-        asked = f" for entry {target.requested_entry!r}" if target.requested_entry else ""
-        raise SourceError(f"checkpoint {path}{asked} does not exist; {TRAIN_HINT}")
     try:
-        payload = load_checkpoint(path)
-    except (ValueError, FileNotFoundError) as exc:
+        model, payload = load_model(path, entry=target.requested_entry, version=version)
+    except CheckpointError as exc:
         raise SourceError(str(exc)) from exc
-    except Exception as exc:  # anything torch.load raises on a truncated or foreign file
-        raise SourceError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
-                          "delete it and retrain") from exc
-    name = str(payload["entry"])
-    if target.requested_entry is not None and name != target.requested_entry:
-        raise SourceError(f"checkpoint {path} belongs to entry {name!r}, not {target.requested_entry!r} as asked; "
-                          f"pass the right checkpoint or retrain {target.requested_entry!r}")
-    entry = get_entry(name)
-    have = str(payload.get("version", ""))
-    want = str(version) if version is not None else str(entry.version)
-    if have != want:
-        asked = "asked with --version" if version is not None else "in the registry"
-        raise SourceError(f"checkpoint {path} is version {have!r} of entry {name!r}, but version {want!r} is {asked}; "
-                          f"retrain {name!r} (uv run python -m zoo.train {name}) or pass --version {have}")
-    for key in ("state_dict", "config"):
-        if not isinstance(payload.get(key), dict):
-            raise SourceError(f"checkpoint {path}: '{key}' is missing or not a dict; it was not written by zoo.train")
-    try:
-        model = build_model_from_config(payload["config"]["model"])
-        model.load_state_dict(payload["state_dict"])
-    except Exception as exc:
-        raise SourceError(f"checkpoint {path}: its weights do not fit the model its config describes "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0]}); retrain {name!r}") from exc
-    model.eval()
-    if tuple(model.modalities) != tuple(m for m in spec.MODALITIES if m in entry.modalities):
-        raise SourceError(f"checkpoint {path}: model modalities {model.modalities} differ from entry {name!r}'s "
-                          f"{tuple(entry.modalities)}; retrain {name!r}")
+    entry = get_entry(str(payload["entry"]))
     return ExportSource(entry=entry, checkpoint=path, checkpoint_sha256=sha256_file(path), payload=payload,
                         model=model)

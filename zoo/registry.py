@@ -20,7 +20,7 @@ from zoo.lookup import did_you_mean
 
 FAMILY_DIR = CONFIG_DIR / "families"
 RECIPE_DIR = CONFIG_DIR / "recipes"
-RECIPES: tuple[str, ...] = ("gpu", "cpu", "tiny")
+RECIPES = spec.RECIPES  # configs/recipes/<recipe>.yaml; named once in zoo.spec
 FUSION_STRATEGIES: tuple[str, ...] = ("concatenate", "gated", "attention", "cross_attention", "bilinear")
 ZOO_VERSION = "1.1"  # 1.1: MIL input standardisation buffers
 

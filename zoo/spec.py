@@ -6,6 +6,17 @@ from __future__ import annotations
 
 MODALITIES: tuple[str, ...] = ("pathology", "mri", "clinical")
 
+# Cohort splits (DIR/<split>_clinical.csv) and training recipes (configs/recipes/<recipe>.yaml).
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+RECIPES: tuple[str, ...] = ("gpu", "cpu", "tiny")
+
+# Files of a training run folder (outputs/<entry>/).
+BEST_CHECKPOINT = "best.pt"                 # weights of the best validation epoch (what export reads)
+LAST_CHECKPOINT = "last.pt"                 # the latest epoch, with optimizer/RNG state for --resume
+METRICS_FILE = "metrics.json"               # the trainer's result: history, best val, test metrics
+CONFIG_FILE = "config.yaml"                 # the resolved config the run trained with
+PREDICTIONS_FILE = "test_predictions.csv"   # per test patient: label and class probabilities of best.pt
+
 CLASS_NAMES: tuple[str, ...] = ("Luminal A", "Luminal B", "HER2-enriched", "Triple-negative")
 NUM_CLASSES = len(CLASS_NAMES)
 

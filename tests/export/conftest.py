@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from export.parts import ParitySizes
-from zoo import spec
 
 # Smaller MRI volumes than the tiny recipe keep the 24-entry parametrisation inside the test budget.
 TEST_OVERRIDES = ("data.modalities.mri.output_shape=[8,8,4]",)
@@ -26,7 +25,7 @@ def clinical_preprocessor(features) -> dict:
 
 def write_tiny_checkpoint(name: str, path: Path, seed: int = 0, version: str | None = None) -> Path:
     """A checkpoint of `name` under the tiny recipe, in the format zoo.training.trainer writes (zoo.checkpoint)."""
-    from zoo.checkpoint import save_checkpoint
+    from zoo.checkpoint import checkpoint_payload, preprocessing_record, save_checkpoint
     from zoo.registry import get_entry
 
     entry = get_entry(name)
@@ -41,13 +40,8 @@ def write_tiny_checkpoint(name: str, path: Path, seed: int = 0, version: str | N
         if model.mil is not None:  # fitted input standardisation, as a feature-cache run leaves it
             d = model.mil.in_dim
             model.mil.set_input_standardization(torch.rand(d) - 0.5, torch.rand(d) + 0.5)
-    return save_checkpoint(path, {
-        "entry": name, "version": entry.version if version is None else version, "config": config,
-        "class_names": list(spec.CLASS_NAMES),
-        "state_dict": model.state_dict(),
-        "preprocessing": {spec.KEY_CLINICAL: clinical_preprocessor(entry.clinical_features)},
-        "epoch": 0, "metrics": {},
-    })
+    preprocessing = preprocessing_record(config, model, clinical=clinical_preprocessor(entry.clinical_features))
+    return save_checkpoint(path, checkpoint_payload(entry, config, model, preprocessing, version=version))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 
 from tests.reliability.faultkit import hidden_leftovers, kill_when, mtimes, run
-from zoo import spec
 
 PY = sys.executable
 
@@ -117,7 +116,7 @@ def test_kill_during_training_then_resume_redoes_at_most_one_epoch(tiny_cohort, 
 
 
 def _checkpoint(name, path):
-    from zoo.checkpoint import save_checkpoint
+    from zoo.checkpoint import checkpoint_payload, preprocessing_record, save_checkpoint
     from zoo.data.clinical import ClinicalPreprocessor
     from zoo.registry import get_entry
 
@@ -126,10 +125,10 @@ def _checkpoint(name, path):
     torch.manual_seed(0)
     model = entry.build_model("tiny", overrides)
     table = pd.DataFrame({f: [1.0, 2.0, 4.0] for f in entry.clinical_features})
-    return save_checkpoint(path, {
-        "entry": name, "version": entry.version, "config": entry.config("tiny", overrides),
-        "class_names": list(spec.CLASS_NAMES), "state_dict": model.state_dict(), "epoch": 0, "metrics": {},
-        "preprocessing": {spec.KEY_CLINICAL: ClinicalPreprocessor(entry.clinical_features).fit(table).to_dict()}})
+    config = entry.config("tiny", overrides)
+    clinical = ClinicalPreprocessor(entry.clinical_features).fit(table).to_dict()
+    return save_checkpoint(path, checkpoint_payload(entry, config, model,
+                                                    preprocessing_record(config, model, clinical=clinical)))
 
 
 def test_kill_during_export_then_rerun_finishes_the_unfinished_entry(tmp_path):

@@ -31,15 +31,13 @@ CHUNK = 16
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
-    from zoo import spec
-    from zoo.checkpoint import save_checkpoint
+    from zoo.checkpoint import checkpoint_payload, save_checkpoint
     from zoo.registry import get_entry
 
     entry = get_entry(ENTRY)
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(root / "best.pt", {
-        "entry": ENTRY, "version": entry.version, "config": entry.config("tiny"), "class_names": list(spec.CLASS_NAMES),
-        "state_dict": entry.build_model("tiny").state_dict(), "epoch": 0, "metrics": {}, "preprocessing": {}})
+    checkpoint = save_checkpoint(root / "best.pt",
+                                 checkpoint_payload(entry, entry.config("tiny"), entry.build_model("tiny")))
     legacy = dataclasses.replace(FORMATS["onnx"], exporter="legacy")
     export = export_checkpoint(Target(checkpoint), legacy, root / "exports", sizes=ParitySizes((2,), (1, 8), (1,)),
                                progress=False).directory

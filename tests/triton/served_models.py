@@ -14,8 +14,7 @@ from export.formats import FORMATS
 from export.parts import ParitySizes
 from export.pipeline import export_checkpoint
 from export.source import Target
-from zoo import spec
-from zoo.checkpoint import save_checkpoint
+from zoo.checkpoint import checkpoint_payload, preprocessing_record, save_checkpoint
 from zoo.data.clinical import ClinicalPreprocessor, load_clinical_csv
 from zoo.data.prepare import tiling_dir
 from zoo.registry import get_entry
@@ -58,12 +57,9 @@ def write_checkpoint(name: str, path: Path, cohort: Path, seed: int = 0) -> Path
                 # every modality move the probabilities by 1e-3..1e-2, so a wrong patch or voxel fails the tests.
                 module.bias.zero_()
     train = load_clinical_csv(cohort / "train_clinical.csv", entry.clinical_features)
-    return save_checkpoint(path, {
-        "entry": name, "version": entry.version, "config": config, "class_names": list(spec.CLASS_NAMES),
-        "state_dict": model.state_dict(),
-        "preprocessing": {spec.KEY_CLINICAL: ClinicalPreprocessor(entry.clinical_features).fit(train).to_dict()},
-        "epoch": 0, "metrics": {},
-    })
+    clinical = ClinicalPreprocessor(entry.clinical_features).fit(train).to_dict()
+    return save_checkpoint(path, checkpoint_payload(entry, config, model,
+                                                    preprocessing_record(config, model, clinical=clinical)))
 
 
 def export_entry(name: str, checkpoint: Path, output_dir: Path) -> Path:

@@ -15,9 +15,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from zoo.spec import CLASS_NAMES
+from zoo.spec import CLASS_NAMES, METRICS_FILE, PREDICTIONS_FILE
 from zoo.training.metrics import classification_metrics
-from zoo.training.trainer import PREDICTIONS_FILE, PROBABILITY_PREFIX
+from zoo.training.trainer import PROBABILITY_PREFIX
 
 
 def out_of_fold_predictions(run_dirs: Sequence[Path]) -> pd.DataFrame:
@@ -143,7 +143,7 @@ def compare_runs(a: Path, b: Path, resamples: int = 2000) -> dict:
     for key, entry_dir in (("a", a), ("b", b)):
         seeds = finished_seed_runs(entry_dir)
         tables[key] = [out_of_fold_predictions(folds) for folds in seeds.values()]
-        val = [json.loads((f / "metrics.json").read_text())["best_val_f1"] for folds in seeds.values() for f in folds]
+        val = [json.loads((f / METRICS_FILE).read_text())["best_val_f1"] for folds in seeds.values() for f in folds]
         summary[key] = {"run": str(entry_dir), "seeds": sorted(seeds), "folds": len(next(iter(seeds.values()))),
                         "mean_val_f1": float(np.mean(val)),
                         "out_of_fold_f1": float(np.mean([pooled_metrics(t)["f1_macro"] for t in tables[key]]))}

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from zoo.analysis.attention_plots import fusion_bar_figure, fusion_by_class_figure, heatmap_figure, top_k_figure
 from zoo.analysis.attention_score import load_tumour_mask, score_slide, summarise
 from zoo.atomic import atomic_write_json
-from zoo.checkpoint import load_checkpoint
+from zoo.checkpoint import CheckpointError, load_model
 from zoo.cli_help import HelpFormatter
 from zoo.data.patches import iter_patch_batches
 from zoo.data.tile import load_coords
@@ -38,27 +38,15 @@ from zoo.spec import (
     KEY_PATHOLOGY_MASK,
     KEY_PATIENT_ID,
     KEY_SLIDE_IDS,
+    SPLITS,
 )
 from zoo.training.trainer import model_inputs
 
-SPLITS = ("train", "val", "test")
 ALL_PATCHES = 1_000_000  # max_patches for views: every tiled patch of the patient
 
 
 class VizError(ValueError):
     """Bad viz input (checkpoint, patient, modality); the message says what to do."""
-
-
-def load_trained_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from zoo.models import build_model_from_config
-
-    payload = load_checkpoint(checkpoint)
-    model_cfg = copy.deepcopy(payload["config"]["model"])
-    for modality in model_cfg["modalities"].values():
-        modality["pretrained"] = False  # the checkpoint's state_dict holds the weights
-    model = build_model_from_config(model_cfg)
-    model.load_state_dict(payload["state_dict"])
-    return model.eval(), payload
 
 
 def view_config(payload: dict[str, Any], data_dir: str | Path | None) -> dict[str, Any]:
@@ -154,7 +142,7 @@ def tiling_info(config: dict[str, Any], slide_id: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_mil(args: argparse.Namespace) -> list[Path]:
-    model, payload = load_trained_model(args.checkpoint)
+    model, payload = load_model(args.checkpoint)
     require_modality(model, "pathology", "mil")
     config = view_config(payload, args.data_dir)
     data_dir = Path(config["data"]["data_dir"])
@@ -194,7 +182,7 @@ def cmd_mil(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_fusion(args: argparse.Namespace) -> list[Path]:
-    model, payload = load_trained_model(args.checkpoint)
+    model, payload = load_model(args.checkpoint)
     if len(model.modalities) < 2:
         raise VizError(f"`zoo.viz fusion` needs a multimodal model; this checkpoint has only {model.modalities}")
     config = view_config(payload, args.data_dir)
@@ -226,7 +214,7 @@ def cmd_fusion(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_attention_score(args: argparse.Namespace) -> list[Path]:
-    model, payload = load_trained_model(args.checkpoint)
+    model, payload = load_model(args.checkpoint)
     require_modality(model, "pathology", "attention-score")
     config = view_config(payload, args.data_dir)
     data_dir = Path(config["data"]["data_dir"])
@@ -284,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         written = COMMANDS[args.command](args)
-    except (VizError, FileNotFoundError) as exc:
+    except (VizError, CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in written:

@@ -22,7 +22,6 @@ from .patches import PatchSource
 from .prepare import mri_processed_dir, tiling_dir
 from .tile import SLIDE_SUFFIXES, load_coords
 
-SPLITS = ("train", "val", "test")
 _SAMPLING_STREAM, _AUGMENT_STREAM = 0, 1
 
 
@@ -63,8 +62,8 @@ class BreastCancerMultiModalDataset(Dataset):
         seed: int = 0,
         training: bool = False,
     ):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
+        if split not in spec.SPLITS:
+            raise ValueError(f"split must be one of {spec.SPLITS} (got {split!r})")
         self.data_dir = Path(data_dir)
         self.split = split
         self.use = dict(zip(spec.MODALITIES, (use_pathology, use_mri, use_clinical)))

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from zoo.cli_help import HelpFormatter
+from zoo.spec import RECIPES
 from zoo.training import distributed as ddp
 from zoo.training.pipeline import TrainingSetupError, run_training
 
@@ -25,7 +26,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. training.epochs=5")
     parser.add_argument("--config", default=None, help="YAML file of config overrides applied over the entry")
     parser.add_argument("--data-dir", default=None, help="cohort directory (default: data.data_dir of the config)")
-    parser.add_argument("--recipe", choices=["gpu", "cpu", "tiny"], default=None,
+    parser.add_argument("--recipe", choices=RECIPES, default=None,
                         help="default: gpu when CUDA is available, else cpu")
     parser.add_argument("--output-dir", default=None, help="default: outputs/<entry>")
     parser.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pt")

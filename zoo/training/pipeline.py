@@ -13,12 +13,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from zoo.spec import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
+from zoo.spec import BEST_CHECKPOINT, CLASS_NAMES, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SPLITS
 from zoo.training import distributed as ddp
 from zoo.training.metrics import format_results_table
 from zoo.training.trainer import MultimodalTrainer, seed_everything
-
-SPLITS = ("train", "val", "test")
 
 
 class TrainingSetupError(ValueError):
@@ -57,15 +55,6 @@ def resolve_entry_config(entry_name: str, recipe: str, config_file: str | Path |
         validate_config(tree, str(config_file))
         file_layer = flatten_tree(tree)
     return entry, entry.config(recipe, overrides=[*file_layer, *overrides])
-
-
-def pathology_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    data = config["data"]["modalities"]["pathology"]
-    model = config["model"]["modalities"].get("pathology", {})
-    return {"patch_size": int(data["patch_size"]), "level": int(data["level"]),
-            "tissue_threshold": float(data["tissue_threshold"]), "max_patches": int(data["max_patches"]),
-            "input_size": int(model.get("input_size", data["patch_size"])), "backbone": model.get("backbone"),
-            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
 
 
 def uses_feature_cache(config: Mapping[str, Any]) -> bool:
@@ -171,15 +160,15 @@ def fit_feature_standardization(config: Mapping[str, Any], model: torch.nn.Modul
     return {"fitted_on": "train", "num_patches": n}
 
 
-def preprocessing_record(config: Mapping[str, Any], train_dataset: Any) -> dict[str, Any]:
-    mri = config["data"]["modalities"]["mri"]
+def preprocessing_record(config: Mapping[str, Any], model: torch.nn.Module, train_dataset: Any,
+                         feature_standardization: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint's preprocessing record (zoo.checkpoint.preprocessing_record) with the train split's fitted
+    clinical preprocessor."""
+    from zoo.checkpoint import preprocessing_record as record
+
     clinical = getattr(train_dataset, "clinical_preprocessor", None)
-    return {
-        "clinical": clinical.to_dict() if clinical is not None else None,
-        "mri": {"sequences": list(mri["sequences"]), "target_spacing": list(mri["target_spacing"]),
-                "output_shape": list(mri["output_shape"])},
-        "pathology": pathology_settings(config),
-    }
+    return record(config, model, clinical=clinical.to_dict() if clinical is not None else None,
+                  feature_standardization=feature_standardization)
 
 
 def ensure_data(config: Mapping[str, Any], generate_if_missing: bool, progress: bool,
@@ -248,12 +237,12 @@ def run_training(
     trainer = MultimodalTrainer(
         model, config, loaders["train"], loaders["val"], output_dir=output_dir, entry=entry,
         test_loader=loaders["test"], device=device,
-        preprocessing={**preprocessing_record(config, datasets["train"]), "feature_standardization": standardization},
+        preprocessing=preprocessing_record(config, model, datasets["train"], standardization),
         resume=resume, progress=progress, log=log, on_epoch_end=on_epoch_end)
     t0 = time.perf_counter()
     result = trainer.train()
     log(f"trained {result['epochs_run']} epoch(s) in {time.perf_counter() - t0:.1f} s; best epoch "
         f"{result['best_epoch'] + 1}, best val F1 {result['best_val_f1']:.3f}, val AUC {result['best_val_auc']:.3f}")
     log(format_results_table(result["test"], CLASS_NAMES, title=f"{entry.name}: test split (best checkpoint)"))
-    log(f"outputs: {output_dir}/(best.pt, last.pt, metrics.json, config.yaml, tensorboard/)")
+    log(f"outputs: {output_dir}/({BEST_CHECKPOINT}, {LAST_CHECKPOINT}, {METRICS_FILE}, {CONFIG_FILE}, tensorboard/)")
     return result

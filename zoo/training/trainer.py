@@ -22,8 +22,19 @@ import yaml
 from tqdm.auto import tqdm
 
 from zoo.atomic import atomic_write_json, atomic_write_text, remove_orphaned_temps
-from zoo.checkpoint import capture_rng_state, load_checkpoint, save_checkpoint
-from zoo.spec import CLASS_NAMES, KEY_LABEL, KEY_PATIENT_ID, KEY_SLIDE_IDS
+from zoo.checkpoint import capture_rng_state, checkpoint_payload, load_checkpoint, save_checkpoint
+from zoo.checkpoint import plain as _plain
+from zoo.spec import (
+    BEST_CHECKPOINT,
+    CLASS_NAMES,
+    CONFIG_FILE,
+    KEY_LABEL,
+    KEY_PATIENT_ID,
+    KEY_SLIDE_IDS,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+)
 from zoo.training import distributed as ddp
 from zoo.training.metrics import classification_metrics
 
@@ -81,8 +92,7 @@ class EpochOutput:
         return {"loss": self.loss, **classification_metrics(self.labels, self.probs, class_names)}
 
 
-PREDICTIONS_FILE = "test_predictions.csv"  # per test patient: label and class probabilities of the best checkpoint
-PROBABILITY_PREFIX = "p_"                  # its probability columns: p_<class name>
+PROBABILITY_PREFIX = "p_"  # the probability columns of PREDICTIONS_FILE (zoo.spec): p_<class name>
 
 
 def predictions_table(output: EpochOutput, class_names: Sequence[str]) -> pd.DataFrame:
@@ -283,21 +293,13 @@ class MultimodalTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "entry": self.entry_name,
-            "version": self.entry_version,
-            "config": _plain(self.config),
-            "class_names": list(self.class_names),
-            "state_dict": self.module.state_dict(),
-            "preprocessing": self.preprocessing,
-            "epoch": epoch,
-            "metrics": metrics,
-        }
+        return checkpoint_payload(self.entry_name, self.config, self.module, self.preprocessing, epoch, metrics,
+                                  version=self.entry_version, class_names=self.class_names)
 
     def _save_last(self, epoch: int, metrics: dict[str, Any]) -> None:
         if self.output_dir is None or not ddp.is_main_process():
             return
-        save_checkpoint(self.output_dir / "last.pt", {
+        save_checkpoint(self.output_dir / LAST_CHECKPOINT, {
             **self._payload(epoch, metrics),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -311,7 +313,7 @@ class MultimodalTrainer:
         })
 
     def _try_resume(self) -> None:
-        path = self.output_dir / "last.pt" if self.output_dir is not None else None
+        path = self.output_dir / LAST_CHECKPOINT if self.output_dir is not None else None
         if path is None or not path.is_file():
             self.log(f"--resume: no checkpoint at {path}; starting from epoch 0")
             return
@@ -362,7 +364,7 @@ class MultimodalTrainer:
         if self.output_dir is not None and ddp.is_main_process():
             self.output_dir.mkdir(parents=True, exist_ok=True)
             remove_orphaned_temps(self.output_dir)  # a checkpoint half-written by a killed earlier run
-            atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(_plain(self.config), sort_keys=False))
+            atomic_write_text(self.output_dir / CONFIG_FILE, yaml.safe_dump(_plain(self.config), sort_keys=False))
         if self.resume:
             self._try_resume()
         self._open_loggers()
@@ -413,7 +415,7 @@ class MultimodalTrainer:
         if improved and self.output_dir is None:
             self._best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
         if improved and self.output_dir is not None and ddp.is_main_process():
-            save_checkpoint(self.output_dir / "best.pt", self._payload(epoch, {"val": val_m}))
+            save_checkpoint(self.output_dir / BEST_CHECKPOINT, self._payload(epoch, {"val": val_m}))
         self._save_last(epoch, {"val": val_m})
         ddp.barrier()
         if self.on_epoch_end is not None:
@@ -442,7 +444,7 @@ class MultimodalTrainer:
                 atomic_write_text(self.output_dir / PREDICTIONS_FILE,
                                   predictions_table(test, self.class_names).to_csv(index=False))
         if self.output_dir is not None and ddp.is_main_process():
-            atomic_write_json(self.output_dir / "metrics.json", result)
+            atomic_write_json(self.output_dir / METRICS_FILE, result)
         return result
 
     def _load_best_weights(self) -> None:
@@ -451,7 +453,7 @@ class MultimodalTrainer:
                 self.module.load_state_dict(self._best_state)
             return
         ddp.barrier()
-        best = self.output_dir / "best.pt"
+        best = self.output_dir / BEST_CHECKPOINT
         if best.is_file():
             self.module.load_state_dict(load_checkpoint(best, map_location=self.device)["state_dict"])
 
@@ -463,14 +465,3 @@ def dataset_labels(loader: Any) -> list[int]:
     if labels is not None:
         return [int(v) for v in labels]
     return [int(dataset[i][KEY_LABEL]) for i in range(len(dataset))]
-
-
-def _plain(obj: Any) -> Any:
-    """Config -> plain dict/list/scalars (safe for YAML and weights_only checkpoints)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
