@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.models.encoders import ENCODERS, EncoderRecord, build_trunk, get_record
+from zoo.models.encoders import ENCODERS, EncoderRecord, adapt_state, build_trunk, get_record
 from zoo.models.weights import (
     RANDOM,
     check_state_dict,
@@ -138,13 +138,14 @@ class PatchEncoder(nn.Module):
         if choice.kind == "file":
             state = read_weights_file(choice.path, backbone)
             with torch.device("meta"):  # no random init and no second copy: the file's tensors are adopted
-                self.trunk, self.pool = build_trunk(record)
-            state = check_state_dict(self.trunk, state, encoder=backbone, source=str(choice.path),
-                                     drop_prefixes=record.drop_prefixes, hint=record.weights_hint)
+                self.trunk, self.pool = build_trunk(record, input_size)
+            state = check_state_dict(self.trunk, adapt_state(record, self.trunk, state), encoder=backbone,
+                                     source=str(choice.path), drop_prefixes=record.drop_prefixes,
+                                     hint=record.weights_hint)
             load_checked(self.trunk, state, assign=True)
             self.weights_sha256 = sha256_file(choice.path)
         else:
-            self.trunk, self.pool = build_trunk(record)
+            self.trunk, self.pool = build_trunk(record, input_size)
             if choice.kind == "random":
                 warn_random_once(backbone)
         self.out_dim = record.embedding_dim

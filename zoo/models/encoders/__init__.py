@@ -18,9 +18,19 @@ FAMILIES: dict[str, str] = {
 }
 
 
-def build_trunk(record: EncoderRecord) -> tuple[nn.Module, nn.Module]:
-    """Build `record`'s architecture with random (or, under a meta device context, no) weights. Never downloads."""
-    return importlib.import_module(FAMILIES[record.family]).build(record)
+def build_trunk(record: EncoderRecord, input_size: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """Build `record`'s architecture with random (or, under a meta device context, no) weights. Never downloads.
+
+    `input_size`: the size the trunk will see (ViTs get a fixed positional grid for it, so exported graphs hold
+    no resampling); None = the published layout (the record's kwargs)."""
+    return importlib.import_module(FAMILIES[record.family]).build(record, input_size)
 
 
-__all__ = ["ENCODERS", "EncoderRecord", "FAMILIES", "build_trunk", "get_record"]
+def adapt_state(record: EncoderRecord, trunk: nn.Module, state: dict) -> dict:
+    """A published state_dict fitted to `trunk`'s input size where the family knows how (ViT positional
+    embeddings resampled, as timm does on load); everything else is left for the strict check."""
+    family = importlib.import_module(FAMILIES[record.family])
+    return family.adapt_state(trunk, state) if hasattr(family, "adapt_state") else state
+
+
+__all__ = ["ENCODERS", "EncoderRecord", "FAMILIES", "adapt_state", "build_trunk", "get_record"]

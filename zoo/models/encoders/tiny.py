@@ -11,6 +11,6 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def build(record: EncoderRecord) -> tuple[nn.Module, nn.Module]:
+def build(record: EncoderRecord, input_size: int | None = None) -> tuple[nn.Module, nn.Module]:
     trunk = nn.Sequential(*_block(3, 8), *_block(8, 16), *_block(16, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
     return trunk, Flatten()

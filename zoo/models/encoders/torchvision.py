@@ -9,7 +9,7 @@ from zoo.models.encoders.registry import EncoderRecord
 _CUT = {"layer3": ("layer4",), "layer4": ()}
 
 
-def build(record: EncoderRecord) -> tuple[nn.Module, nn.Module]:
+def build(record: EncoderRecord, input_size: int | None = None) -> tuple[nn.Module, nn.Module]:
     import torchvision  # slow to import: only when one of its backbones is used
 
     net = getattr(torchvision.models, record.architecture)(weights=None)
