@@ -35,7 +35,7 @@ def calibration_patches_from_cohort(data_dir: str | os.PathLike, config: Mapping
     from zoo.data.prepare import tiling_dir
 
     p = config["data"]["modalities"]["pathology"]
-    tiles = tiling_dir(data_dir, p["patch_size"], p["level"], p["tissue_threshold"])
+    tiles = tiling_dir(data_dir, p["patch_size"], p["level"], p["tissue_threshold"], **tile.resolution_options(p))
     csv = Path(data_dir) / "train_clinical.csv"
     if not tiles.is_dir() or not csv.is_file():
         raise ExportError(f"int8 calibration needs a tiled cohort: {tiles} or {csv} is missing; tile the cohort "
@@ -52,7 +52,8 @@ def calibration_patches_from_cohort(data_dir: str | os.PathLike, config: Mapping
             continue
         chosen = coords[np.sort(rng.choice(len(coords), min(per_slide, len(coords)), replace=False))]
         with patches.open_slide(attrs["slide_path"]) as handle:
-            chunks.append(patches.read_patches(handle, chosen, int(p["patch_size"]), int(p["level"])))
+            chunks.append(patches.read_patches(handle, chosen, int(attrs["patch_size"]), int(attrs["level"]),
+                                               tile.patch_read_size(attrs)))
         total += len(chosen)
         if total >= max_patches:
             break

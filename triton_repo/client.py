@@ -304,8 +304,11 @@ def _clinical_json(text: str) -> dict[str, Any]:
 
 
 def _heatmap_patch_size(manifest: mf.ExportManifest) -> int | None:
-    """Level-0 side of a patch when it is known exactly (tiling at level 0); else the heatmap infers it."""
+    """Level-0 side of a patch when it is known exactly (tiling by level 0); else (another level, a magnification:
+    it depends on each slide's pyramid) the heatmap infers it."""
     tiling = manifest.preprocessing.get(PATHOLOGY) or {}
+    if any(tiling.get(k) is not None for k in ("target_magnification", "target_mpp")):
+        return None
     return int(tiling["patch_size"]) if tiling.get("level") == 0 and "patch_size" in tiling else None
 
 

@@ -33,6 +33,7 @@ def _check(array: np.ndarray, tensor: ServedTensor, what: str, batched: bool) ->
 
 
 TILING_KEYS = ("patch_size", "level", "tissue_threshold")  # manifest preprocessing.pathology -> tile_slide
+# (+ zoo.spec.TILING_RESOLUTION_KEYS when present: tiled at a magnification / mpp, read from the coords attrs)
 
 
 class TilingFailed(ValueError):
@@ -44,7 +45,9 @@ def tiling_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "breast-fusion-zoo" / "client-tiles"
 
 
-def slide_tiling_dir(path: Path, root: Path, patch_size: int, level: int, tissue_threshold: float) -> Path:
+def slide_tiling_dir(path: Path, root: Path, patch_size: int, level: int, tissue_threshold: float,
+                     target_magnification: float | None = None, target_mpp: float | None = None,
+                     assume_magnification: float | None = None) -> Path:
     """Where one slide's tiling is cached: per tiling setting and per slide file (path, size, mtime).
 
     Slide ids are file stems, which repeat across cohorts (every cohort has a P001-0.svs): keying the cache by
@@ -55,7 +58,8 @@ def slide_tiling_dir(path: Path, root: Path, patch_size: int, level: int, tissue
     from zoo.data.tile import tiling_dir_name
     stat = path.stat()
     identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-    return root / tiling_dir_name(patch_size, level, tissue_threshold) / hashlib.sha256(identity).hexdigest()[:16]
+    name = tiling_dir_name(patch_size, level, tissue_threshold, target_magnification, target_mpp)
+    return root / name / hashlib.sha256(identity).hexdigest()[:16]
 
 
 def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
@@ -72,14 +76,14 @@ def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
     if missing:
         raise ValueError(f"{manifest.export_dir}: manifest preprocessing.pathology lacks {missing}, the tiling "
                          "the model was trained with; re-export the entry with python -m export.onnx")
-    params = {k: given[k] for k in TILING_KEYS}
+    params = {**{k: given[k] for k in TILING_KEYS}, **tile.resolution_options(given)}
     cache = slide_tiling_dir(path, Path(tiling_dir) if tiling_dir else tiling_cache(), **params)
     result = tile.tile_slide(path, cache, **params, qc=False)
     if not result.ok:
         raise TilingFailed(f"{path}: tiling failed: {result.message}")
     coords, attrs = tile.load_coords(result.h5_path)
     batches = patches.iter_patch_batches(path, coords, int(attrs["patch_size"]), int(attrs["level"]), batch_size,
-                                      threads=reader_threads)
+                                         threads=reader_threads, read_size=tile.patch_read_size(attrs))
     return SlideBag(path.stem, coords, (patches for _, patches in batches))
 
 

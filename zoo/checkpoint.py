@@ -88,7 +88,8 @@ def preprocessing_record(config: Mapping[str, Any], model: torch.nn.Module, *,
     """What a client must do to raw data before the model sees it, per modality of `model`: the record a checkpoint
     stores and export copies into its manifest (README.md, Export, `manifest.json` lists the keys).
 
-    pathology: the tiling (patch_size, level, tissue_threshold, max_patches of `config`) plus the patch encoder's own
+    pathology: the tiling (patch_size, level, tissue_threshold, max_patches of `config`, and target_magnification /
+    target_mpp / assume_magnification when tiled at a magnification) plus the patch encoder's own
     `preprocessing()` (backbone, input_size, normalisation); mri: sequences, target_spacing, output_shape;
     clinical: `clinical` (the fitted `ClinicalPreprocessor.to_dict()`, None when there is none).
     """
@@ -103,6 +104,7 @@ def preprocessing_record(config: Mapping[str, Any], model: torch.nn.Module, *,
         record[spec.KEY_PATHOLOGY] = {
             "patch_size": int(tiling["patch_size"]), "level": int(tiling["level"]),
             "max_patches": int(tiling["max_patches"]), "tissue_threshold": float(tiling["tissue_threshold"]),
+            **{k: float(tiling[k]) for k in spec.TILING_RESOLUTION_KEYS if tiling.get(k) is not None},
             **encoder, "normalisation": normalisation,
         }
     if spec.KEY_MRI in modalities:

@@ -29,6 +29,9 @@ TYPE_EXCEPTIONS: dict[str, tuple[type, ...]] = {
     "model.modalities.*.pretrained": (bool, str),
     "model.modalities.pathology.weights": (str, type(None)),
     "data.augmentation.pathology.stain_normalization": (str, type(None)),
+    "data.modalities.pathology.target_magnification": (float, int, type(None)),
+    "data.modalities.pathology.target_mpp": (float, int, type(None)),
+    "data.modalities.pathology.assume_magnification": (float, int, type(None)),
 }
 
 class ConfigError(ValueError):

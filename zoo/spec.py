@@ -47,3 +47,7 @@ AUX_EMBEDDINGS = "embeddings"                    # dict modality -> [B,E]
 # ImageNet statistics used inside the patch encoder graph.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Keys of data.modalities.pathology (and a manifest's preprocessing.pathology) that tile at a magnification or mpp
+# instead of a pyramid level (zoo.data.tile).
+TILING_RESOLUTION_KEYS: tuple[str, ...] = ("target_magnification", "target_mpp", "assume_magnification")

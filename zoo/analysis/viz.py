@@ -28,7 +28,7 @@ from zoo.atomic import atomic_write_json
 from zoo.checkpoint import CheckpointError, load_model
 from zoo.cli_help import HelpFormatter
 from zoo.data.patches import iter_patch_batches
-from zoo.data.tile import load_coords
+from zoo.data.tile import load_coords, patch_read_size, resolution_options
 from zoo.spec import (
     AUX_FUSION_ATTENTION,
     AUX_PATHOLOGY_ATTENTION,
@@ -136,7 +136,7 @@ def tiling_info(config: dict[str, Any], slide_id: str) -> dict[str, Any]:
 
     pathology = config["data"]["modalities"]["pathology"]
     directory = tiling_dir(config["data"]["data_dir"], pathology["patch_size"], pathology["level"],
-                          pathology["tissue_threshold"])
+                          pathology["tissue_threshold"], **resolution_options(pathology))
     return load_coords(directory / f"{slide_id}.h5")[1]
 
 
@@ -161,7 +161,8 @@ def cmd_mil(args: argparse.Namespace) -> list[Path]:
     for _weight, slide_id, xy in top:
         info = tiling_info(config, slide_id)
         _, patch = next(iter_patch_batches(str(info["slide_path"]), np.asarray([xy]), int(info["patch_size"]),
-                                           int(info["level"]), batch_size=1, threads=0))
+                                           int(info["level"]), batch_size=1, threads=0,
+                                           read_size=patch_read_size(info)))
         patches.append(patch[0])
         titles.append(f"{slide_id} ({xy[0]}, {xy[1]})")
     predicted = payload["class_names"][int(probs.argmax())]

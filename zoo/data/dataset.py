@@ -20,16 +20,18 @@ from .clinical import ClinicalPreprocessor, load_clinical_csv
 from .mri import DEFAULT_OUTPUT_SHAPE, MRIError, processed_path
 from .patches import PatchSource
 from .prepare import mri_processed_dir, tiling_dir
-from .tile import SLIDE_SUFFIXES, load_coords
+from .tile import SLIDE_SUFFIXES, load_coords, patch_read_size, resolution_options
 
 _SAMPLING_STREAM, _AUGMENT_STREAM = 0, 1
 
 
 class _Slide:
-    __slots__ = ("slide_id", "path", "coords", "features_path")
+    __slots__ = ("slide_id", "path", "coords", "features_path", "read")
 
-    def __init__(self, slide_id: str, path: Path, coords: np.ndarray, features_path: Path | None):
+    def __init__(self, slide_id: str, path: Path, coords: np.ndarray, features_path: Path | None,
+                 read: tuple[int, int | None] = (0, None)):
         self.slide_id, self.path, self.coords, self.features_path = slide_id, path, coords, features_path
+        self.read = read  # (pyramid level, px read there when resized to patch_size) of the zoo tiling
 
 
 class BreastCancerMultiModalDataset(Dataset):
@@ -53,6 +55,9 @@ class BreastCancerMultiModalDataset(Dataset):
         patch_size: int = 256,
         level: int = 0,
         tissue_threshold: float = 0.5,
+        target_magnification: float | None = None,
+        target_mpp: float | None = None,
+        assume_magnification: float | None = None,
         mri_sequences: Sequence[str] = ("T1",),
         mri_output_shape: Sequence[int] = DEFAULT_OUTPUT_SHAPE,
         clinical_features: Sequence[str] = spec.CLINICAL_FEATURES,
@@ -69,6 +74,9 @@ class BreastCancerMultiModalDataset(Dataset):
         self.use = dict(zip(spec.MODALITIES, (use_pathology, use_mri, use_clinical)))
         self.max_patches = None if max_patches is None or max_patches <= 0 else int(max_patches)
         self.patch_size, self.level, self.tissue_threshold = int(patch_size), int(level), float(tissue_threshold)
+        # Tiling at a magnification / mpp (zoo.data.tile): each slide's level and read size come from its coords file.
+        self.resolution = resolution_options({"target_magnification": target_magnification, "target_mpp": target_mpp,
+                                              "assume_magnification": assume_magnification})
         self.mri_sequences = tuple(mri_sequences)
         self.mri_output_shape = tuple(int(v) for v in mri_output_shape)
         self.clinical_features = tuple(clinical_features)
@@ -111,7 +119,7 @@ class BreastCancerMultiModalDataset(Dataset):
             use_pathology=bool(path.get("enabled", False)), use_mri=bool(mri.get("enabled", False)),
             use_clinical=bool(clin.get("enabled", False)), max_patches=path.get("max_patches", 50),
             patch_size=path.get("patch_size", 256), level=path.get("level", 0),
-            tissue_threshold=path.get("tissue_threshold", 0.5),
+            tissue_threshold=path.get("tissue_threshold", 0.5), **resolution_options(path),
             mri_sequences=tuple(mri.get("sequences", ("T1",))),
             mri_output_shape=tuple(mri.get("output_shape", DEFAULT_OUTPUT_SHAPE)),
             clinical_features=tuple(clin.get("features", spec.CLINICAL_FEATURES)),
@@ -122,10 +130,11 @@ class BreastCancerMultiModalDataset(Dataset):
         return cls(**kwargs)
 
     def _index_slides(self) -> None:
-        tiles = tiling_dir(self.data_dir, self.patch_size, self.level, self.tissue_threshold)
+        tiles = self._tiling_dir()
         if not tiles.is_dir():
             raise FileNotFoundError(
-                f"{tiles}: no tiling for patch_size={self.patch_size}, level={self.level}, "
+                f"{tiles}: no tiling for patch_size={self.patch_size}, "
+                f"{', '.join(f'{k}={v:g}' for k, v in self.resolution.items()) or f'level={self.level}'}, "
                 f"tissue_threshold={self.tissue_threshold:g}; "
                 f"run zoo.data.prepare.ensure_cohort({str(self.data_dir)!r}, "
                 f"patch_size={self.patch_size}, ...) or python -m zoo.data.tile --output-dir {tiles}")
@@ -152,7 +161,8 @@ class BreastCancerMultiModalDataset(Dataset):
                     raise ValueError(f"{features_path}: {n} feature rows but the tiling {h5} has {len(coords)} "
                                      "patches; re-extract features for this tiling")
                 self.feature_dim = dim
-            self._slides[pid].append(_Slide(slide_id, path, coords, features_path))
+            read = (int(attrs.get("level", self.level)), patch_read_size(attrs))
+            self._slides[pid].append(_Slide(slide_id, path, coords, features_path, read=read))
         if self.feature_dir is not None and self.feature_dim is None:
             raise FileNotFoundError(f"{self.feature_dir}: no feature files for any slide of split {self.split!r}")
 
@@ -206,12 +216,16 @@ class BreastCancerMultiModalDataset(Dataset):
         return np.column_stack([rows[:, 0], xy]).astype(np.int64)
 
     # -- item -----------------------------------------------------------------------------------------------------
-    def _source(self, path: Path) -> PatchSource:
+    def _tiling_dir(self) -> Path:
+        return tiling_dir(self.data_dir, self.patch_size, self.level, self.tissue_threshold, **self.resolution)
+
+    def _source(self, slide: _Slide) -> PatchSource:
         if self._sources_pid != os.getpid():  # forked into a DataLoader worker: never share handles
             self._sources, self._sources_pid = {}, os.getpid()
-        if path not in self._sources:
-            self._sources[path] = PatchSource(path, self.level)
-        return self._sources[path]
+        if slide.path not in self._sources:
+            level, read_size = slide.read
+            self._sources[slide.path] = PatchSource(slide.path, level, read_size=read_size)
+        return self._sources[slide.path]
 
     def _pathology(self, pid: str) -> dict[str, Any]:
         rows = self.sample_rows(pid)
@@ -237,7 +251,7 @@ class BreastCancerMultiModalDataset(Dataset):
         for i, s in enumerate(slides):
             sel = np.nonzero(rows[:, 0] == i)[0]
             if len(sel):
-                bag[sel] = self._source(s.path).read(coords[sel, 1:], self.patch_size)
+                bag[sel] = self._source(s).read(coords[sel, 1:], self.patch_size)
         if present and self.augment is not None and self.augment.pathology is not None:
             bag = self.augment.pathology(bag, self._rng(pid, _AUGMENT_STREAM))
         item[spec.KEY_PATHOLOGY] = torch.from_numpy(np.ascontiguousarray(bag))

@@ -12,9 +12,14 @@ from .synthetic import QUICKSTART, generate_cohort
 SPLIT_FILES = tuple(f"{split}_clinical.csv" for split in ("train", "val", "test"))
 
 
-def tiling_dir(data_dir: str | os.PathLike, patch_size: int, level: int, tissue_threshold: float) -> Path:
-    """Where a tiling configuration lives: ``DIR/wsi_patches/ps<patch>_l<level>_t<threshold>/``."""
-    return Path(data_dir) / "wsi_patches" / tiling.tiling_dir_name(patch_size, level, tissue_threshold)
+def tiling_dir(data_dir: str | os.PathLike, patch_size: int, level: int, tissue_threshold: float,
+               target_magnification: float | None = None, target_mpp: float | None = None,
+               assume_magnification: float | None = None) -> Path:
+    """Where a tiling configuration lives: ``DIR/wsi_patches/<tiling_dir_name>/`` (``ps256_l0_t0.5`` by level,
+    ``ps256_m20_t0.5`` / ``ps256_mpp0.5_t0.5`` at a target; ``assume_magnification`` is recorded in the files and
+    takes no part in the name)."""
+    return Path(data_dir) / "wsi_patches" / tiling.tiling_dir_name(patch_size, level, tissue_threshold,
+                                                                   target_magnification, target_mpp)
 
 
 def mri_processed_dir(data_dir: str | os.PathLike) -> Path:
@@ -33,6 +38,9 @@ def ensure_cohort(
     patch_size: int = 256,
     level: int = 0,
     tissue_threshold: float = 0.5,
+    target_magnification: float | None = None,
+    target_mpp: float | None = None,
+    assume_magnification: float | None = None,
     target_spacing: Sequence[float] = (1.0, 1.0, 3.0),
     output_shape: Sequence[int] = (64, 64, 32),
     workers: int | None = None,
@@ -54,9 +62,11 @@ def ensure_cohort(
     raw = data_dir / "wsi_raw"
     slides = tiling.find_slides(raw) if raw.is_dir() else []
     if slides:
-        out = tiling_dir(data_dir, patch_size, level, tissue_threshold)
+        resolution = dict(target_magnification=target_magnification, target_mpp=target_mpp,
+                          assume_magnification=assume_magnification)
+        out = tiling_dir(data_dir, patch_size, level, tissue_threshold, **resolution)
         summary = tiling.tile_slides(slides, out, patch_size, level, tissue_threshold, workers=workers,
-                                     progress=progress)
+                                     progress=progress, **resolution)
         if summary.count("tiled") or summary.failed:
             print(f"[data] {out}: {summary.report(max_failures=5)}", flush=True)
 

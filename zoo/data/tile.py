@@ -1,19 +1,31 @@
 """WSI tiling: tissue detection on a thumbnail, a patch grid, level-0 coordinates in HDF5 (no patch images).
 
 ``python -m zoo.data.tile --input-dir DIR/wsi_raw --output-dir DIR/wsi_patches/ps256_l0_t0.5``
+``python -m zoo.data.tile --input-dir DIR/wsi_raw --output-dir DIR/wsi_patches/ps256_m20_t0.5
+--target-magnification 20``
 
-Slides without an mpp are tiled anyway; ``mpp`` is recorded as NaN and the result carries a warning.
+By pyramid level (default): patches are ``patch_size`` px at ``level``. Slides without an mpp are tiled anyway;
+``mpp`` is recorded as NaN and the result carries a warning.
+
+By magnification or mpp (``target_magnification`` / ``target_mpp``, as TRIDENT): the target downsample is the
+slide's level-0 magnification over the target (or target mpp over the slide's); patches are read from the level
+with the largest downsample not above it (``read_size`` = patch_size * target / level downsample px there),
+resized to ``patch_size`` (zoo.data.patches.RESAMPLE), and the grid steps by ``patch_size_level0`` =
+round(patch_size * target downsample) level-0 px. Magnification and mpp convert as mpp = 10 / magnification
+(20x = 0.5 mpp). A slide recording neither is an error unless ``assume_magnification`` is given; a target finer
+than level 0 is an error (patches are never upsampled).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -22,6 +34,7 @@ from PIL import Image, ImageDraw
 from skimage import color, morphology, util
 from tqdm import tqdm
 
+from zoo import spec
 from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.cli_help import HelpFormatter
 
@@ -39,6 +52,10 @@ THUMBNAIL_PX_PER_PATCH = 8  # tissue fraction of a patch is measured on at least
 SATURATION_THRESHOLD = 0.1
 MIN_OBJECT_FRACTION = 1.25e-4  # the seed's 500 px at a 2000 x 2000 thumbnail, scaled to the thumbnail's area
 CLOSING_FOOTPRINT = 5
+# Relative slack when matching a target downsample: a level within 2 % of it is read as it is, and a target up to
+# 2 % finer than level 0 (40x asked of a 0.2525 mpp scan) is read at level 0 without upsampling.
+RESOLUTION_TOLERANCE = 0.02
+RESOLUTION_KEYS = spec.TILING_RESOLUTION_KEYS  # config / manifest keys selecting tiling by magnification
 
 
 @dataclass
@@ -78,9 +95,125 @@ class TilingSummary:
         return "\n".join(lines)
 
 
-def tiling_dir_name(patch_size: int, level: int, tissue_threshold: float) -> str:
-    """Sub-directory of ``DIR/wsi_patches`` for one tiling configuration, e.g. ``ps256_l0_t0.5``."""
-    return f"ps{int(patch_size)}_l{int(level)}_t{float(tissue_threshold):g}"
+def tiling_dir_name(patch_size: int, level: int, tissue_threshold: float,
+                    target_magnification: float | None = None, target_mpp: float | None = None) -> str:
+    """Sub-directory of ``DIR/wsi_patches`` for one tiling configuration: ``ps256_l0_t0.5`` by pyramid level,
+    ``ps256_m20_t0.5`` at a target magnification, ``ps256_mpp0.5_t0.5`` at a target mpp (``level`` is then unused)."""
+    check_resolution_options(target_magnification, target_mpp)
+    if target_magnification is not None:
+        scale = f"m{float(target_magnification):g}"
+    elif target_mpp is not None:
+        scale = f"mpp{float(target_mpp):g}"
+    else:
+        scale = f"l{int(level)}"
+    return f"ps{int(patch_size)}_{scale}_t{float(tissue_threshold):g}"
+
+
+def resolution_options(settings: Mapping[str, Any]) -> dict[str, float]:
+    """The RESOLUTION_KEYS set (not None) in a config's ``data.modalities.pathology`` or a manifest's
+    ``preprocessing.pathology``: keyword arguments for tile_slide(s), tiling_dir and the dataset."""
+    return {k: float(settings[k]) for k in RESOLUTION_KEYS if settings.get(k) is not None}
+
+
+def check_resolution_options(target_magnification: float | None = None, target_mpp: float | None = None,
+                             assume_magnification: float | None = None) -> None:
+    """ValueError for a call that asks both targets or a non-positive one."""
+    if target_magnification is not None and target_mpp is not None:
+        raise ValueError(f"give target_magnification ({target_magnification}) or target_mpp ({target_mpp}), not both")
+    for name, value in (("target_magnification", target_magnification), ("target_mpp", target_mpp),
+                        ("assume_magnification", assume_magnification)):
+        if value is not None and not (math.isfinite(float(value)) and float(value) > 0):
+            raise ValueError(f"{name} must be a positive number (got {value})")
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """How one slide's patches are read: ``read_size`` px square at pyramid ``level``, resized to ``patch_size``
+    when different; each covers (and the grid steps by) ``patch_size_level0`` level-0 px."""
+
+    level: int
+    patch_size: int
+    read_size: int
+    patch_size_level0: int
+    level_downsample: float
+    attrs: dict = field(default_factory=dict)  # magnification attrs of the coords file (empty by level)
+    warnings: tuple[str, ...] = ()
+
+
+def slide_resolution(slide: openslide.OpenSlide) -> tuple[float, float]:
+    """(mpp, objective magnification) of level 0 as the slide records them (``openslide.mpp-x``,
+    ``openslide.objective-power``); NaN where absent, unreadable or not positive."""
+    def number(key: str) -> float:
+        try:
+            value = float(slide.properties.get(key))
+        except (TypeError, ValueError):
+            return math.nan
+        return value if math.isfinite(value) and value > 0 else math.nan
+
+    return number(openslide.PROPERTY_NAME_MPP_X), number(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+
+
+def patch_geometry(slide: openslide.OpenSlide, slide_path: str | os.PathLike, patch_size: int, level: int = 0,
+                   target_magnification: float | None = None, target_mpp: float | None = None,
+                   assume_magnification: float | None = None) -> PatchGeometry:
+    """Where and how big one slide's patches are read, by pyramid `level` or at a target magnification / mpp
+    (module docstring); TilingError naming the slide when the slide cannot give that."""
+    check_resolution_options(target_magnification, target_mpp, assume_magnification)
+    if target_magnification is None and target_mpp is None:
+        if not 0 <= level < slide.level_count:
+            raise TilingError(f"{slide_path}: level {level} does not exist (the slide has {slide.level_count} levels)")
+        downsample = float(slide.level_downsamples[level])
+        return PatchGeometry(level, patch_size, patch_size, int(round(patch_size * downsample)), downsample)
+    asked = f"{target_magnification:g}x" if target_magnification is not None else f"{target_mpp:g} mpp"
+    mpp, magnification = slide_resolution(slide)
+    assumed = math.isnan(mpp) and math.isnan(magnification)
+    warnings: list[str] = []
+    if assumed:
+        if assume_magnification is None:
+            raise TilingError(
+                f"{slide_path}: the slide records neither microns per pixel (openslide.mpp-x) nor objective power "
+                f"(openslide.objective-power), so {asked} cannot be located in it; pass --assume-magnification X "
+                "(its scan magnification: 20x = 0.5 mpp, 40x = 0.25 mpp) or tile by --level")
+        magnification, mpp = float(assume_magnification), 10.0 / float(assume_magnification)
+        warnings.append(f"no mpp or objective power in the slide; assumed {magnification:g}x ({mpp:g} mpp)")
+    elif math.isnan(mpp):
+        mpp = 10.0 / magnification
+    elif math.isnan(magnification):
+        magnification = 10.0 / mpp
+    if target_magnification is not None:
+        target_downsample = magnification / float(target_magnification)
+    else:
+        target_downsample = float(target_mpp) / mpp
+    if target_downsample < 1 - RESOLUTION_TOLERANCE:
+        raise TilingError(
+            f"{slide_path}: {asked} is finer than the slide's level 0 ({magnification:g}x, {mpp:g} mpp"
+            f"{', assumed' if assumed else ''}); patches are never upsampled: ask for {magnification:g}x or less "
+            f"(--target-mpp {mpp:g} or more)")
+    if target_downsample < 1:
+        warnings.append(f"{asked} is within {RESOLUTION_TOLERANCE:.0%} of the slide's level 0 ({magnification:g}x, "
+                        f"{mpp:g} mpp); read at level 0 as it is")
+        target_downsample = 1.0
+    downsamples = [float(d) for d in slide.level_downsamples]
+    level = max((i for i, d in enumerate(downsamples) if d <= target_downsample * (1 + RESOLUTION_TOLERANCE)),
+                key=lambda i: downsamples[i])
+    size0 = int(round(patch_size * target_downsample))
+    read_size = max(1, int(round(size0 / downsamples[level])))
+    attrs = {"tiled_by": "magnification" if target_magnification is not None else "mpp",
+             "target_magnification": float(target_magnification if target_magnification is not None
+                                           else 10.0 / float(target_mpp)),
+             "target_mpp": float(target_mpp if target_mpp is not None else 10.0 / float(target_magnification)),
+             "level0_magnification": float(magnification), "mpp": float(mpp),
+             "target_downsample": float(target_downsample),
+             "assume_magnification": float(assume_magnification or 0.0), "magnification_assumed": int(assumed)}
+    return PatchGeometry(level, patch_size, read_size, size0, downsamples[level], attrs, tuple(warnings))
+
+
+def patch_read_size(attrs: Mapping[str, Any]) -> int | None:
+    """Pixels read per patch side at a zoo coords file's ``level`` (its ``read_size`` attr) when they differ from
+    its ``patch_size`` (the region is then resized to patch_size); None when patches are read as they are (every
+    tiling by level, files from before read_size was recorded, other tools' files)."""
+    size = attrs.get("read_size")
+    return None if size is None or int(size) == int(attrs["patch_size"]) else int(size)
 
 
 _UINT8_AS_FLOAT = util.img_as_float(np.arange(256, dtype=np.uint8))
@@ -166,10 +299,14 @@ def grid_tissue_fraction(mask: np.ndarray, scale: tuple[float, float], xs: np.nd
     return total / ((y1 - y0) * (x1 - x0))
 
 
+_ATTR_DEFAULTS = {"tiled_by": "level"}  # files written before tiling by magnification existed
+
+
 def _attrs_match(h5_path: Path, expected: dict) -> bool:
     try:
         with h5py.File(h5_path, "r") as f:
-            return all(f.attrs.get(k) == v for k, v in expected.items()) and "coords" in f
+            return (all(f.attrs.get(k, _ATTR_DEFAULTS.get(k)) == v for k, v in expected.items())
+                    and "coords" in f)
     except OSError:
         return False
 
@@ -182,18 +319,37 @@ def tile_slide(
     tissue_threshold: float = 0.5,
     overwrite: bool = False,
     qc: bool = True,
+    *,
+    target_magnification: float | None = None,
+    target_mpp: float | None = None,
+    assume_magnification: float | None = None,
 ) -> TileResult:
     """Tile one slide into ``output_dir/<slide_id>.h5`` (+ ``qc/<slide_id>.png`` unless ``qc`` is False: inference
-    paths skip the overlay, which costs as much as the tissue detection); never raises for bad input."""
+    paths skip the overlay, which costs as much as the tissue detection); never raises for bad input (a bad
+    combination of options is a ValueError). ``target_magnification`` / ``target_mpp`` tile at that resolution
+    instead of ``level`` (module docstring); ``assume_magnification`` is the level-0 magnification of slides that
+    record neither mpp nor objective power."""
+    check_resolution_options(target_magnification, target_mpp, assume_magnification)
     slide_path, output_dir = Path(slide_path), Path(output_dir)
     h5_path = output_dir / f"{slide_path.stem}.h5"
-    expected = {"patch_size": int(patch_size), "level": int(level), "tissue_threshold": float(tissue_threshold),
-                "version": TILING_VERSION}
+    expected: dict[str, Any] = {"patch_size": int(patch_size), "tissue_threshold": float(tissue_threshold),
+                                "version": TILING_VERSION}
+    if target_magnification is not None:
+        expected.update(tiled_by="magnification", target_magnification=float(target_magnification))
+    elif target_mpp is not None:
+        expected.update(tiled_by="mpp", target_mpp=float(target_mpp))
+    else:
+        expected.update(tiled_by="level", level=int(level))
+    if expected["tiled_by"] != "level":
+        expected["assume_magnification"] = float(assume_magnification or 0.0)
     if not overwrite and h5_path.exists() and _attrs_match(h5_path, expected):
         with h5py.File(h5_path, "r") as f:
             return TileResult(slide_path, h5_path, "skipped", int(f["coords"].shape[0]))
+    resolution = dict(target_magnification=target_magnification, target_mpp=target_mpp,
+                      assume_magnification=assume_magnification)
     try:
-        return _tile(slide_path, output_dir, h5_path, int(patch_size), int(level), float(tissue_threshold), qc)
+        return _tile(slide_path, output_dir, h5_path, int(patch_size), int(level), float(tissue_threshold), qc,
+                     resolution)
     except TilingError as e:
         return TileResult(slide_path, None, "failed", message=str(e))
     except Exception as e:  # noqa: BLE001 - one bad slide must not stop the others
@@ -201,27 +357,22 @@ def tile_slide(
 
 
 def _tile(slide_path: Path, output_dir: Path, h5_path: Path, patch_size: int, level: int, threshold: float,
-          qc: bool = True) -> TileResult:
+          qc: bool = True, resolution: Mapping[str, float | None] | None = None) -> TileResult:
     if patch_size < 8:
         raise TilingError(f"patch_size must be >= 8 (got {patch_size})")
     if not 0 <= threshold <= 1:
         raise TilingError(f"tissue_threshold must be in [0, 1] (got {threshold})")
     warnings: list[str] = []
     with open_slide(slide_path) as slide:
-        if not 0 <= level < slide.level_count:
-            raise TilingError(f"{slide_path}: level {level} does not exist (the slide has {slide.level_count} levels)")
+        geometry = patch_geometry(slide, slide_path, patch_size, level, **(resolution or {}))
+        warnings += geometry.warnings
+        level, downsample, size0 = geometry.level, geometry.level_downsample, geometry.patch_size_level0
         width, height = slide.dimensions
-        downsample = float(slide.level_downsamples[level])
-        size0 = int(round(patch_size * downsample))
         if size0 > width or size0 > height:
             raise TilingError(f"{slide_path}: slide ({width}x{height} px at level 0) is smaller than one patch "
                               f"({patch_size} px at level {level} = {size0} px at level 0); use a smaller --patch-size")
-        mpp_text = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
-        try:
-            mpp = float(mpp_text) if mpp_text is not None else math.nan
-        except ValueError:
-            mpp = math.nan
-        if math.isnan(mpp):
+        mpp = slide_resolution(slide)[0]
+        if math.isnan(mpp) and not geometry.attrs:
             warnings.append("no microns-per-pixel (openslide.mpp-x) in the slide; tiled in pixels, mpp recorded as NaN")
         side = int(np.clip(max(width, height) * THUMBNAIL_PX_PER_PATCH / size0, THUMBNAIL_MIN, THUMBNAIL_MAX))
         try:
@@ -244,7 +395,8 @@ def _tile(slide_path: Path, output_dir: Path, h5_path: Path, patch_size: int, le
         attrs = {"slide_path": str(slide_path.resolve()), "slide_id": slide_path.stem, "width": int(width),
                  "height": int(height), "mpp": mpp, "level": level, "patch_size": patch_size,
                  "patch_size_level0": size0,
-                 "downsample": downsample, "tissue_threshold": threshold, "version": TILING_VERSION}
+                 "downsample": downsample, "read_size": geometry.read_size, "tissue_threshold": threshold,
+                 "version": TILING_VERSION, **geometry.attrs}
     with atomic_path(h5_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("coords", data=coords)
@@ -268,10 +420,6 @@ def _write_qc(path: Path, thumb: np.ndarray, mask: np.ndarray, coords: np.ndarra
         img.save(tmp, format="PNG")
 
 
-def _tile_task(args: tuple) -> TileResult:
-    return tile_slide(*args)
-
-
 def find_slides(input_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(input_dir).iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
 
@@ -285,18 +433,27 @@ def tile_slides(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    *,
+    target_magnification: float | None = None,
+    target_mpp: float | None = None,
+    assume_magnification: float | None = None,
 ) -> TilingSummary:
-    """Tile many slides in parallel; failures are collected in the summary, never raised."""
-    tasks = [(Path(p), Path(output_dir), patch_size, level, tissue_threshold, overwrite) for p in paths]
+    """Tile many slides in parallel (tile_slide's options); failures are collected in the summary, never raised."""
+    check_resolution_options(target_magnification, target_mpp, assume_magnification)
+    task = functools.partial(tile_slide, output_dir=Path(output_dir), patch_size=patch_size, level=level,
+                             tissue_threshold=tissue_threshold, overwrite=overwrite,
+                             target_magnification=target_magnification, target_mpp=target_mpp,
+                             assume_magnification=assume_magnification)
+    tasks = [Path(p) for p in paths]
     for folder in (Path(output_dir), Path(output_dir) / "qc"):  # temp files of a killed earlier run
         remove_orphaned_temps(folder)
     n_workers = min(default_workers(workers), max(1, len(tasks)))
     bar = dict(total=len(tasks), desc="tiling", unit="slide", disable=not progress)
     if n_workers == 1:
-        results = [_tile_task(t) for t in tqdm(tasks, **bar)]
+        results = [task(t) for t in tqdm(tasks, **bar)]
     else:
         with ProcessPoolExecutor(n_workers) as pool:
-            results = list(tqdm(pool.map(_tile_task, tasks, chunksize=4), **bar))
+            results = list(tqdm(pool.map(task, tasks, chunksize=4), **bar))
     return TilingSummary(results)
 
 
@@ -319,12 +476,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 description="Tile whole-slide images into patch coordinates.")
     p.add_argument("--input-dir", required=True, help="folder of slides (.svs, .tif, ...)")
     p.add_argument("--output-dir", required=True, help="folder for <slide_id>.h5 and qc/<slide_id>.png")
-    p.add_argument("--patch-size", type=int, default=256)
-    p.add_argument("--level", type=int, default=0)
+    p.add_argument("--patch-size", type=int, default=256, help="patch side in pixels (at --level or at the target)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--level", type=int, default=0, help="pyramid level to tile (when no target is given)")
+    scale.add_argument("--target-magnification", type=float, default=None, metavar="X",
+                       help="tile at X magnification (e.g. 20), read from the best pyramid level and resized")
+    scale.add_argument("--target-mpp", type=float, default=None, metavar="MPP",
+                       help="tile at MPP microns per pixel (e.g. 0.5), read from the best level and resized")
+    p.add_argument("--assume-magnification", type=float, default=None, metavar="X",
+                   help="level-0 magnification of slides that record neither mpp nor objective power "
+                        "(mpp = 10 / X); only with --target-magnification or --target-mpp")
     p.add_argument("--tissue-threshold", type=float, default=0.5)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="re-tile slides that are already done")
     a = p.parse_args(argv)
+    if a.assume_magnification is not None and a.target_magnification is None and a.target_mpp is None:
+        p.error("--assume-magnification needs --target-magnification or --target-mpp")
+    try:
+        check_resolution_options(a.target_magnification, a.target_mpp, a.assume_magnification)
+    except ValueError as e:
+        p.error(str(e))
     if not Path(a.input_dir).is_dir():
         print(f"error: --input-dir {a.input_dir} is not a directory", file=sys.stderr)
         return 2
@@ -332,7 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not slides:
         print(f"error: no slides ({', '.join(SLIDE_SUFFIXES)}) in {a.input_dir}", file=sys.stderr)
         return 2
-    summary = tile_slides(slides, a.output_dir, a.patch_size, a.level, a.tissue_threshold, a.overwrite, a.workers)
+    summary = tile_slides(slides, a.output_dir, a.patch_size, a.level, a.tissue_threshold, a.overwrite, a.workers,
+                          target_magnification=a.target_magnification, target_mpp=a.target_mpp,
+                          assume_magnification=a.assume_magnification)
     print(summary.report())
     return 1 if summary.failed else 0
 

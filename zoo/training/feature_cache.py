@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.data.patches import iter_patch_batches
-from zoo.data.tile import load_coords
+from zoo.data.tile import load_coords, patch_read_size
 from zoo.hashing import sha256_file
 from zoo.training import distributed as ddp
 
@@ -75,9 +75,11 @@ def expected_attrs(identity: EncoderIdentity, tiling_path: Path) -> dict[str, An
     _, tiling_attrs = load_coords(tiling_path)
     slide_path = str(tiling_attrs["slide_path"])
     st = os.stat(slide_path)
+    read_size = patch_read_size(tiling_attrs)  # recorded for tilings that resize (a magnification between levels)
     return {**identity.attrs(), "tiling_sha256": sha256_file(tiling_path), "slide_path": slide_path,
             "slide_size": int(st.st_size), "slide_mtime_ns": int(st.st_mtime_ns),
             "patch_size": int(tiling_attrs["patch_size"]), "level": int(tiling_attrs["level"]),
+            **({"read_size": read_size} if read_size is not None else {}),
             "version": FEATURE_CACHE_VERSION}
 
 
@@ -104,21 +106,24 @@ def _as_py(value: Any) -> Any:
     return value
 
 
-# (slide_path, coords [N,2], patch_size, level) -> iterable of (coords chunk, uint8 patches [b,3,H,W])
-PatchReader = Callable[[str, np.ndarray, int, int], Iterable[tuple[np.ndarray, np.ndarray]]]
+# (slide_path, coords [N,2], patch_size, level) -> iterable of (coords chunk, uint8 patches [b,3,H,W]); called with
+# read_size=<px read at level, resized to patch_size> as a keyword too when the tiling resizes (a magnification).
+PatchReader = Callable[..., Iterable[tuple[np.ndarray, np.ndarray]]]
 
 
-def default_reader(slide_path: str, coords: np.ndarray, patch_size: int, level: int):
-    return iter_patch_batches(slide_path, coords, patch_size, level, batch_size=64)
+def default_reader(slide_path: str, coords: np.ndarray, patch_size: int, level: int, read_size: int | None = None):
+    return iter_patch_batches(slide_path, coords, patch_size, level, batch_size=64, read_size=read_size)
 
 
 @torch.no_grad()
 def encode_slide(patch_encoder: nn.Module, coords: np.ndarray, tiling_attrs: dict[str, Any],
                  device: torch.device, reader: PatchReader = default_reader) -> np.ndarray:
+    read_size = patch_read_size(tiling_attrs)
+    resize = {"read_size": read_size} if read_size is not None else {}
     chunks = [
         patch_encoder(torch.from_numpy(np.ascontiguousarray(patches)).to(device)).float().cpu().numpy()
         for _, patches in reader(str(tiling_attrs["slide_path"]), coords, int(tiling_attrs["patch_size"]),
-                                 int(tiling_attrs["level"]))
+                                 int(tiling_attrs["level"]), **resize)
     ]
     out_dim = int(getattr(patch_encoder, "out_dim", 0))
     return np.concatenate(chunks) if chunks else np.zeros((0, out_dim), dtype=np.float32)

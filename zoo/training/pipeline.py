@@ -127,9 +127,11 @@ def make_loaders(config: Mapping[str, Any], datasets: Mapping[str, Any], seed: i
 
 def cohort_tiling_dir(config: Mapping[str, Any]) -> Path:
     from zoo.data.prepare import tiling_dir
+    from zoo.data.tile import resolution_options
 
     p = config["data"]["modalities"]["pathology"]
-    return tiling_dir(config["data"]["data_dir"], p["patch_size"], p["level"], p["tissue_threshold"])
+    return tiling_dir(config["data"]["data_dir"], p["patch_size"], p["level"], p["tissue_threshold"],
+                      **resolution_options(p))
 
 
 def prepare_feature_cache(config: Mapping[str, Any], model: torch.nn.Module, device: torch.device,
@@ -185,8 +187,11 @@ def ensure_data(config: Mapping[str, Any], generate_if_missing: bool, progress: 
     if ddp.is_main_process():
         t0 = time.perf_counter()
         p, m = config["data"]["modalities"]["pathology"], config["data"]["modalities"]["mri"]
+        from zoo.data.tile import resolution_options
+
         ensure_cohort(data_dir, generate_if_missing=generate_if_missing, patch_size=p["patch_size"], level=p["level"],
-                      tissue_threshold=p["tissue_threshold"], target_spacing=m["target_spacing"],
+                      tissue_threshold=p["tissue_threshold"], **resolution_options(p),
+                      target_spacing=m["target_spacing"],
                       output_shape=m["output_shape"], progress=progress)
         log(f"cohort ready in {data_dir} ({time.perf_counter() - t0:.1f} s)")
     ddp.barrier()

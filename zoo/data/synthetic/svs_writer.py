@@ -28,10 +28,17 @@ MIN_LEVEL_SIZE = 512
 TileFn = Callable[[int, int, int, int], np.ndarray]
 
 
-def aperio_description(width: int, height: int, mpp: float, magnification: float, quality: int, name: str) -> str:
+def _resolution_fields(mpp: float | None, magnification: float | None) -> str:
+    """``|AppMag = 20|MPP = 0.5``; a None value leaves its field out (a scan OpenSlide reports no mpp/objective for)."""
+    return "".join(f"|{key} = {value:g}" for key, value in (("AppMag", magnification), ("MPP", mpp))
+                   if value is not None)
+
+
+def aperio_description(width: int, height: int, mpp: float | None, magnification: float | None, quality: int,
+                       name: str) -> str:
     return (
         f"Aperio Image Library v12.0.15\r\n{width}x{height} [0,0 {width}x{height}] ({TILE}x{TILE}) "
-        f"JPEG/RGB Q={quality}|AppMag = {magnification:g}|MPP = {mpp:g}|Filename = {name}"
+        f"JPEG/RGB Q={quality}{_resolution_fields(mpp, magnification)}|Filename = {name}"
     )
 
 
@@ -77,27 +84,32 @@ def write_svs(
     height: int,
     render: TileFn,
     *,
-    mpp: float = 0.5,
-    magnification: float = 20,
+    mpp: float | None = 0.5,
+    magnification: float | None = 20,
     quality: int = 90,
     workers: int = 1,
+    level_factor: int = LEVEL_FACTOR,
 ) -> Path:
     """Write an OpenSlide-readable pyramid; ``render(x, y, w, h)`` returns RGB uint8 [h, w, 3] at level 0 (a
-    function of its arguments only: with ``workers`` > 1 tiles are rendered in other processes)."""
+    function of its arguments only: with ``workers`` > 1 tiles are rendered in other processes). Each level is
+    ``level_factor`` (a power of two) smaller than the one above; ``mpp`` / ``magnification`` None leave that
+    field out of the description."""
     path = Path(path)
+    if level_factor < 2 or level_factor & (level_factor - 1):
+        raise ValueError(f"level_factor must be a power of two >= 2 (got {level_factor})")
     n_levels = 1
-    while max(width, height) / LEVEL_FACTOR ** (n_levels - 1) > 2 * MIN_LEVEL_SIZE:
+    while max(width, height) / level_factor ** (n_levels - 1) > 2 * MIN_LEVEL_SIZE:
         n_levels += 1
     level1 = None
     if n_levels > 1:
-        level1 = np.zeros((-(-height // LEVEL_FACTOR), -(-width // LEVEL_FACTOR), 3), np.uint8)
+        level1 = np.zeros((-(-height // level_factor), -(-width // level_factor), 3), np.uint8)
 
     def level0_tiles() -> Iterator[np.ndarray]:
         for y, row in _tile_rows(render, width, height, workers):
             for x, tile in zip(range(0, width, TILE), row):
                 if level1 is not None:
-                    small = _downsample(tile, LEVEL_FACTOR)
-                    ly, lx = y // LEVEL_FACTOR, x // LEVEL_FACTOR
+                    small = _downsample(tile, level_factor)
+                    ly, lx = y // level_factor, x // level_factor
                     region = level1[ly : ly + small.shape[0], lx : lx + small.shape[1]]
                     region[...] = small[: region.shape[0], : region.shape[1]]
                 yield tile
@@ -112,7 +124,7 @@ def write_svs(
             level = level1
             for i in range(1, n_levels):
                 if i > 1:
-                    level = _downsample(level, LEVEL_FACTOR)
+                    level = _downsample(level, level_factor)
                 tif.write(level, description=f"Aperio Image Library v12.0.15\r\n{width}x{height} -> "
-                          f"{level.shape[1]}x{level.shape[0]} - |AppMag = {magnification:g}|MPP = {mpp:g}", **common)
+                          f"{level.shape[1]}x{level.shape[0]} - {_resolution_fields(mpp, magnification)}", **common)
     return path
