@@ -193,6 +193,18 @@ def test_dataset_and_feature_cache_read_a_magnification_tiling(slides, tmp_path)
     assert not summary.failed, summary.report()
     ds = BreastCancerMultiModalDataset(data_dir, "train", use_mri=False, use_clinical=False, max_patches=3,
                                        patch_size=64, target_magnification=20)
+    seen = {}
+
+    def reader(slide_path, coords, patch_size, level, **kwargs):
+        seen.update(level=level, **kwargs)
+        return feature_cache.default_reader(slide_path, coords, patch_size, level, **kwargs)
+
+    class Encoder(torch.nn.Module):
+        out_dim = 3
+
+        def forward(self, x):
+            return x.float().mean((2, 3))
+
     for index, (pid, level, read_size) in enumerate((("P001", 0, 128), ("P002", 1, 64))):
         coords, attrs = tile.load_coords(out / f"{pid}-0.h5")
         assert (attrs["level"], attrs["read_size"]) == (level, read_size)
@@ -200,18 +212,7 @@ def test_dataset_and_feature_cache_read_a_magnification_tiling(slides, tmp_path)
         xy = item["pathology_coords"][:, 1:].numpy()
         slide = data_dir / "wsi_raw" / f"{pid}-0.svs"
         np.testing.assert_array_equal(item["pathology"].numpy(), _expected_resized(slide, xy, level, read_size, 64))
-        seen = {}
-
-        def reader(slide_path, coords, patch_size, level, **kwargs):
-            seen.update(level=level, **kwargs)
-            return feature_cache.default_reader(slide_path, coords, patch_size, level, **kwargs)
-
-        class Encoder(torch.nn.Module):
-            out_dim = 3
-
-            def forward(self, x):
-                return x.float().mean((2, 3))
-
+        seen.clear()
         feats = feature_cache.encode_slide(Encoder(), coords, attrs, "cpu", reader)
         assert feats.shape == (len(coords), 3) and seen["level"] == level
         assert seen.get("read_size") == (read_size if read_size != 64 else None)

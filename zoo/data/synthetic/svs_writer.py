@@ -1,8 +1,8 @@
 """Aperio-style SVS writer: a tiled JPEG pyramid written tile by tile with tifffile.
 
 Level 0 streams from a tile callback and is never held in memory (with ``workers`` > 1, rows of tiles are rendered
-in that many processes, at most ``workers + 1`` rows ahead of the writer); each level below is 4x smaller and
-built from block means of the level above (level 1 of a 40,000 px slide is ~300 MB, the largest array held).
+in that many processes, at most ``workers + 1`` rows ahead of the writer); each level below is 4x (``level_factor``)
+smaller and built from block means of the level above (level 1 of a 40,000 px slide is ~300 MB, the largest array held).
 OpenSlide reads the result as vendor ``aperio`` with ``openslide.mpp-x`` and ``aperio.AppMag`` because the
 first page's ImageDescription starts with ``Aperio Image Library`` and lower levels are further tiled pages.
 """
