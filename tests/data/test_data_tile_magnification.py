@@ -232,3 +232,16 @@ def test_config_keys_select_the_magnification_tiling():
     assert cohort_tiling_dir(cfg).name == "ps256_l0_t0.5"  # null targets: tiled by level, as before
     cfg["data"]["modalities"]["pathology"]["target_magnification"] = 20
     assert cohort_tiling_dir(cfg).name == "ps256_m20_t0.5"
+
+
+def test_triton_client_tiles_and_reads_with_the_manifests_magnification(slides, tmp_path):
+    from types import SimpleNamespace
+
+    from triton_repo import inputs
+
+    pathology = {"patch_size": 256, "level": 0, "tissue_threshold": 0.5, "target_magnification": 10}
+    manifest = SimpleNamespace(preprocessing={"pathology": pathology}, export_dir=tmp_path)
+    bag = inputs.slide_bag(slides["s20x"], manifest, batch_size=4, tiling_dir=tmp_path / "cache", reader_threads=0)
+    assert "ps256_m10_t0.5" in {p.name for p in (tmp_path / "cache").iterdir()}
+    got = np.concatenate(list(bag.batches))
+    np.testing.assert_array_equal(got, _expected_resized(slides["s20x"], bag.coords, 0, 512, 256))
