@@ -14,7 +14,7 @@ from export.formats import FORMATS, ONNX_EXPORTERS, ExportError
 from export.manifest import ManifestError
 from export.parts import ParitySizes
 from export.pipeline import DEFAULT_OPSET, export_checkpoint
-from export.source import DEFAULT_CHECKPOINT_ROOT, SourceError, resolve_targets
+from export.source import CHECKPOINT_NAME, DEFAULT_CHECKPOINT_ROOT, SourceError, resolve_targets
 from zoo.cli_help import HelpFormatter
 
 EXIT_OK, EXIT_PARITY_FAILED, EXIT_ERROR = 0, 1, 2
@@ -38,8 +38,9 @@ def parse_args(fmt_name: str, argv: Sequence[str] | None) -> argparse.Namespace:
         prog=f"python -m export.{fmt_name}", formatter_class=HelpFormatter,
         description=f"Export trained zoo checkpoints as {fmt_name} parts + manifest.json, checked for parity.")
     parser.add_argument("targets", nargs="*", metavar="ENTRY_OR_CHECKPOINT",
-                        help=f"entry names ({DEFAULT_CHECKPOINT_ROOT}/<entry>/best.pt) or checkpoint paths; "
-                             f"default: every {DEFAULT_CHECKPOINT_ROOT}/*/best.pt")
+                        help=f"entry names ({DEFAULT_CHECKPOINT_ROOT}/<entry>/{CHECKPOINT_NAME}) or checkpoint "
+                             "paths; "
+                             f"default: every {DEFAULT_CHECKPOINT_ROOT}/*/{CHECKPOINT_NAME}")
     parser.add_argument("--output-dir", type=Path, default=Path(fmt.default_output_dir),
                         help=f"exports go to OUTPUT_DIR/<entry> (default {fmt.default_output_dir})")
     parser.add_argument("--checkpoint-root", type=Path, default=DEFAULT_CHECKPOINT_ROOT,

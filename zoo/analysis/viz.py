@@ -32,6 +32,7 @@ from zoo.data.tile import load_coords, patch_read_size, resolution_options
 from zoo.spec import (
     AUX_FUSION_ATTENTION,
     AUX_PATHOLOGY_ATTENTION,
+    BEST_CHECKPOINT,
     CLINICAL_ID,
     KEY_LABEL,
     KEY_PATHOLOGY_COORDS,
@@ -260,7 +261,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         p = sub.add_parser(name, formatter_class=HelpFormatter)
-        p.add_argument("--checkpoint", required=True, help="outputs/<entry>/best.pt")
+        p.add_argument("--checkpoint", required=True, help=f"outputs/<entry>/{BEST_CHECKPOINT}")
         p.add_argument("--data-dir", default=None, help="cohort directory (default: the checkpoint config's)")
         p.add_argument("--output-dir", default=None, help="default: <checkpoint dir>/figures")
         p.add_argument("--patient-id", default=None, required=name == "mil")

@@ -18,6 +18,7 @@ import pandas as pd
 
 from zoo.atomic import atomic_write_text
 from zoo.data.prepare import SPLIT_FILES
+from zoo.spec import SPLITS
 
 LABEL_COLUMN = "molecular_subtype"
 
@@ -95,7 +96,7 @@ def write_fold_views(data_dir: str | os.PathLike, out_dir: str | os.PathLike, k:
             if link.is_symlink() or link.exists():
                 raise FileExistsError(f"{link} exists and is not a link to {item}; remove {view} and rerun")
             link.symlink_to(item, target_is_directory=item.is_dir())
-        for split, name in zip(("train", "val", "test"), SPLIT_FILES):
+        for split, name in zip(SPLITS, SPLIT_FILES):
             atomic_write_text(view / name, splits[split].to_csv(index=False))
         views.append(view)
     return views

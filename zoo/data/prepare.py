@@ -5,11 +5,13 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from zoo.spec import SPLITS
+
 from . import mri as mri_prep
 from . import tile as tiling
 from .synthetic import QUICKSTART, generate_cohort
 
-SPLIT_FILES = tuple(f"{split}_clinical.csv" for split in ("train", "val", "test"))
+SPLIT_FILES = tuple(f"{split}_clinical.csv" for split in SPLITS)
 
 
 def tiling_dir(data_dir: str | os.PathLike, patch_size: int, level: int, tissue_threshold: float,

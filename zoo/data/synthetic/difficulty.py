@@ -77,7 +77,7 @@ def _fill(rows: list[np.ndarray | None]) -> np.ndarray:
 
 def evaluate(data_dir: Path, patch_size: int = 128, seed: int = 0) -> dict[tuple[str, ...], float]:
     table = pd.concat([pd.read_csv(data_dir / f"{s}_clinical.csv",
-                                   dtype={spec.CLINICAL_ID: str}) for s in ("train", "val", "test")])
+                                   dtype={spec.CLINICAL_ID: str}) for s in spec.SPLITS])
     pids, y = table[spec.CLINICAL_ID].tolist(), table[spec.CLINICAL_LABEL].to_numpy()
     feats = {
         "pathology": _fill([pathology_features(data_dir, p,
