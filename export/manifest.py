@@ -95,7 +95,6 @@ def _require(cond: bool, where: str, message: str) -> None:
 def _check_tensor(t: Any, where: str) -> None:
     from export.signature import TORCH_DTYPES
 
-
     _require(isinstance(t, dict) and {"name", "dtype", "shape"} <= set(t), where,
              "tensor needs name, dtype and shape")
     _require(t["dtype"] in TORCH_DTYPES, where, f"dtype {t['dtype']!r} is not one of {sorted(TORCH_DTYPES)}")
@@ -161,6 +160,5 @@ def load_manifest(path: str | os.PathLike, verify_files: bool = True, require_pa
 
 def part_signature(manifest: Mapping[str, Any], part: str) -> Signature:
     from export.signature import Signature
-
 
     return Signature.from_json(manifest["parts"][part])

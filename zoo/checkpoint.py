@@ -98,7 +98,12 @@ def preprocessing_record(config: Mapping[str, Any], model: torch.nn.Module, *,
     record: dict[str, Any] = {}
     if spec.KEY_PATHOLOGY in modalities:
         tiling = data[spec.KEY_PATHOLOGY]
-        encoder = dict(model.patch_encoder.preprocessing())
+        if getattr(model, "patch_encoder", None) is not None:
+            encoder = dict(model.patch_encoder.preprocessing())
+        else:  # trained on stored features (data.modalities.pathology.features_dir): no patch encoder in the model
+            encoder = {"backbone": None, "stored_features": {
+                "features_dir": tiling.get("features_dir"), "encoder": tiling.get("features_encoder"),
+                "feature_dim": int(config["model"]["modalities"][spec.KEY_PATHOLOGY].get("feature_dim", 0))}}
         normalisation = {**encoder.get("normalisation", {})}
         normalisation.setdefault("applied", PATCH_ENCODER_APPLIED)
         record[spec.KEY_PATHOLOGY] = {

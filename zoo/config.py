@@ -32,6 +32,8 @@ TYPE_EXCEPTIONS: dict[str, tuple[type, ...]] = {
     "data.modalities.pathology.target_magnification": (float, int, type(None)),
     "data.modalities.pathology.target_mpp": (float, int, type(None)),
     "data.modalities.pathology.assume_magnification": (float, int, type(None)),
+    "data.modalities.pathology.features_dir": (str, type(None)),
+    "data.modalities.pathology.features_encoder": (str, type(None)),
 }
 
 class ConfigError(ValueError):

@@ -132,9 +132,20 @@ def slide_thumbnail(slide_path: str, max_size: int = 1024) -> tuple[np.ndarray, 
         slide.close()
 
 
-def tiling_info(config: dict[str, Any], slide_id: str) -> dict[str, Any]:
+def tiling_info(config: dict[str, Any], slide_id: str, dataset: Any = None,
+                patient_id: str | None = None) -> dict[str, Any]:
+    """slide_path, patch_size, level and patch_size_level0 of a slide: from the stored feature file's coords attrs
+    when the model was trained on stored features (data.modalities.pathology.features_dir), else the tiling's."""
     from zoo.data.prepare import tiling_dir
 
+    if dataset is not None and getattr(dataset, "external_features", None) is not None:
+        info = dataset.slide_info(str(patient_id), slide_id)
+        if "patch_size_level0" not in info:
+            raise VizError(f"slide {slide_id}: its stored features carry no patch geometry (patch_size_level0)")
+        if "level" not in info:  # TRIDENT tiles by magnification: read the level-0 square, resized by the view
+            info["level"], info["patch_size"] = 0, int(info["patch_size_level0"])
+        info.setdefault("slide_path", "")  # none in wsi_raw: scores work, patch views and heatmaps cannot
+        return info
     pathology = config["data"]["modalities"]["pathology"]
     directory = tiling_dir(config["data"]["data_dir"], pathology["patch_size"], pathology["level"],
                           pathology["tissue_threshold"], **resolution_options(pathology))
@@ -160,7 +171,7 @@ def cmd_mil(args: argparse.Namespace) -> list[Path]:
     top = flat[: args.top_k]
     patches, titles = [], []
     for _weight, slide_id, xy in top:
-        info = tiling_info(config, slide_id)
+        info = tiling_info(config, slide_id, dataset, args.patient_id)
         _, patch = next(iter_patch_batches(str(info["slide_path"]), np.asarray([xy]), int(info["patch_size"]),
                                            int(info["level"]), batch_size=1, threads=0,
                                            read_size=patch_read_size(info)))
@@ -171,7 +182,7 @@ def cmd_mil(args: argparse.Namespace) -> list[Path]:
                                 out_dir / f"mil_attention_{args.patient_id}.png",
                                 suptitle=f"{args.patient_id}: top-{len(top)} patches (predicted {predicted})"))
     for slide_id, coords, weights in slides:
-        info = tiling_info(config, slide_id)
+        info = tiling_info(config, slide_id, dataset, args.patient_id)
         thumb, scale = slide_thumbnail(str(info["slide_path"]))
         try:
             mask, _ = load_tumour_mask(data_dir, slide_id)
@@ -228,7 +239,7 @@ def cmd_attention_score(args: argparse.Namespace) -> list[Path]:
             continue
         _, aux = forward(model, batch)
         for slide_id, coords, weights in slide_attention(batch, aux[AUX_PATHOLOGY_ATTENTION]):
-            info = tiling_info(config, slide_id)
+            info = tiling_info(config, slide_id, dataset, str(batch[KEY_PATIENT_ID][0]))
             scores.append(score_slide(data_dir, slide_id, coords, weights, float(info["patch_size_level0"])))
     if not scores:
         raise VizError(f"no slide with patches in the {args.split!r} split of {data_dir}")

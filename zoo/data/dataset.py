@@ -17,6 +17,13 @@ from zoo import spec
 
 from .augment import Augmentation, build_augmentation
 from .clinical import ClinicalPreprocessor, load_clinical_csv
+from .feature_files import (
+    FeatureFileError,
+    detect_feature_folder,
+    read_coords_file,
+    read_feature_file,
+    scan_feature_files,
+)
 from .mri import DEFAULT_OUTPUT_SHAPE, MRIError, processed_path
 from .patches import PatchSource
 from .prepare import mri_processed_dir, tiling_dir
@@ -26,11 +33,12 @@ _SAMPLING_STREAM, _AUGMENT_STREAM = 0, 1
 
 
 class _Slide:
-    __slots__ = ("slide_id", "path", "coords", "features_path", "read")
+    __slots__ = ("slide_id", "path", "coords", "features_path", "attrs", "read")
 
-    def __init__(self, slide_id: str, path: Path, coords: np.ndarray, features_path: Path | None,
-                 read: tuple[int, int | None] = (0, None)):
+    def __init__(self, slide_id: str, path: Path | None, coords: np.ndarray, features_path: Path | None,
+                 attrs: dict | None = None, read: tuple[int, int | None] = (0, None)):
         self.slide_id, self.path, self.coords, self.features_path = slide_id, path, coords, features_path
+        self.attrs = attrs  # coords attrs of a stored feature file (external features), else None
         self.read = read  # (pyramid level, px read there when resized to patch_size) of the zoo tiling
 
 
@@ -63,6 +71,9 @@ class BreastCancerMultiModalDataset(Dataset):
         clinical_features: Sequence[str] = spec.CLINICAL_FEATURES,
         clinical_preprocessor: ClinicalPreprocessor | None = None,
         feature_dir: str | os.PathLike | None = None,
+        external_features: str | os.PathLike | None = None,
+        features_encoder: str | None = None,
+        expected_feature_dim: int | None = None,
         augment: Augmentation | None = None,
         seed: int = 0,
         training: bool = False,
@@ -81,6 +92,12 @@ class BreastCancerMultiModalDataset(Dataset):
         self.mri_output_shape = tuple(int(v) for v in mri_output_shape)
         self.clinical_features = tuple(clinical_features)
         self.feature_dir = Path(feature_dir) if feature_dir is not None else None
+        # Stored features (TRIDENT/CLAM/ours): bags come from those files (their coords), no tiling is read.
+        self.external_features = Path(external_features) if external_features else None
+        self.features_encoder = features_encoder or None
+        self.expected_feature_dim = int(expected_feature_dim) if expected_feature_dim else None
+        self.feature_folder = None
+        self.feature_problems: dict[str, str] = {}
         self.augment = augment if training else None
         self.seed, self.training, self.epoch = int(seed), bool(training), 0
 
@@ -124,12 +141,90 @@ class BreastCancerMultiModalDataset(Dataset):
             mri_output_shape=tuple(mri.get("output_shape", DEFAULT_OUTPUT_SHAPE)),
             clinical_features=tuple(clin.get("features", spec.CLINICAL_FEATURES)),
             seed=data.get("seed", 0), training=training,
+            external_features=path.get("features_dir") or None, features_encoder=path.get("features_encoder") or None,
+            expected_feature_dim=int(cfg.get("model", {}).get("modalities", {}).get("pathology", {})
+                                     .get("feature_dim", 0) or 0) or None,
             augment=build_augmentation(data.get("augmentation")) if training else None,
         )
         kwargs.update(overrides)
         return cls(**kwargs)
 
+    def _index_external_features(self) -> None:
+        """Slides from a stored feature folder: every file whose name is `<patient_id>` or `<patient_id>-<k>` for
+        a patient of this split. Bad files (unreadable, coords/features lengths differ, another feature dim) are
+        skipped with a warning naming the slide; patients without any file train without pathology."""
+        try:
+            folder = detect_feature_folder(self.external_features, self.features_encoder)
+        except FeatureFileError as exc:
+            raise FileNotFoundError(str(exc)) from None
+        self.feature_folder = folder
+        raw_dir = self.data_dir / "wsi_raw"
+        raw = {p.stem: p for p in raw_dir.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES} if raw_dir.is_dir() else {}
+        wanted = set(self.patient_ids)
+        owner = {}
+        for slide_id in folder.files:
+            pid = slide_id if slide_id in wanted else slide_id.rsplit("-", 1)[0]
+            if pid in wanted:
+                owner[slide_id] = pid
+        report = scan_feature_files(folder, sorted(owner), self.expected_feature_dim)
+        self.feature_problems = dict(report.problems)
+        for slide_id, why in sorted(report.problems.items()):
+            warnings.warn(f"stored features of slide {slide_id} skipped: {why}", stacklevel=2)
+        no_coords = []
+        for slide_id in sorted(report.rows):
+            if report.rows[slide_id] == 0:
+                continue  # an empty slide (no tissue patch): TRIDENT writes (0, D)
+            path = folder.files[slide_id]
+            if path.suffix == ".pt":
+                coords, attrs = np.zeros((report.rows[slide_id], 2), np.int64), {}
+                no_coords.append(slide_id)
+            else:
+                with h5py.File(path, "r") as f:
+                    has_coords = "coords" in f
+                if has_coords:
+                    coords, attrs = read_coords_file(path)
+                else:
+                    coords, attrs = np.zeros((report.rows[slide_id], 2), np.int64), {}
+                    no_coords.append(slide_id)
+            self._slides[owner[slide_id]].append(_Slide(slide_id, raw.get(slide_id), coords, path, attrs))
+        if no_coords:
+            warnings.warn(f"{len(no_coords)} stored feature file(s) without coords ({', '.join(no_coords[:5])}"
+                          f"{', ...' if len(no_coords) > 5 else ''}): they train, but heatmaps need coords",
+                          stacklevel=2)
+        without = [pid for pid in self.patient_ids if pid not in set(owner.values())]
+        if without:
+            warnings.warn(f"{len(without)} patient(s) of split {self.split!r} have no stored feature file in "
+                          f"{folder.directory} ({', '.join(without[:10])}{', ...' if len(without) > 10 else ''}); "
+                          "they train without pathology", stacklevel=2)
+        if not any(self._slides.values()):
+            raise FileNotFoundError(f"{folder.directory}: no usable feature file for any patient of split "
+                                    f"{self.split!r} (names must be <patient_id> or <patient_id>-<k>)")
+        self.feature_dim = report.dim
+        self.feature_dir = folder.directory
+
+    def slide_info(self, patient_id: str, slide_id: str) -> dict[str, Any]:
+        """slide_path, patch_size, patch_size_level0 (and level) of one of the patient's slides: from the stored
+        feature file's coords attrs, else from the zoo tiling."""
+        slide = next((s for s in self._slides[patient_id] if s.slide_id == slide_id), None)
+        if slide is None:
+            raise KeyError(f"slide {slide_id!r} is not one of patient {patient_id!r}'s")
+        info: dict[str, Any] = dict(slide.attrs or {})
+        if slide.attrs is None or "patch_size_level0" not in info:
+            tiling = self._tiling_dir() / f"{slide_id}.h5"
+            if tiling.is_file():
+                info = {**load_coords(tiling)[1], **{k: v for k, v in info.items() if k != "slide_path"}}
+            elif slide.attrs is not None:
+                raise FileNotFoundError(f"slide {slide_id}: its feature file's coords attrs do not give the patch "
+                                        "size at level 0 (patch_size_level0, or TRIDENT's magnifications, or CLAM's "
+                                        "patch_level/downsample)")
+        if slide.path is not None:
+            info["slide_path"] = str(slide.path)
+        return info
+
     def _index_slides(self) -> None:
+        if self.external_features is not None:
+            self._index_external_features()
+            return
         tiles = self._tiling_dir()
         if not tiles.is_dir():
             raise FileNotFoundError(
@@ -243,6 +338,9 @@ class BreastCancerMultiModalDataset(Dataset):
             for i, s in enumerate(slides):
                 sel = np.nonzero(rows[:, 0] == i)[0]
                 if len(sel):
+                    if s.features_path.suffix == ".pt":  # CLAM pt_files
+                        feats[sel] = read_feature_file(s.features_path, rows[sel, 1]).features
+                        continue
                     with h5py.File(s.features_path, "r") as f:
                         feats[sel] = f["features"][rows[sel, 1]]  # rows are increasing within a slide
             item[spec.KEY_PATHOLOGY_FEATURES] = torch.from_numpy(feats)

@@ -47,11 +47,13 @@ def ensure_cohort(
     output_shape: Sequence[int] = (64, 64, 32),
     workers: int | None = None,
     progress: bool = True,
+    tile: bool = True,
 ) -> Path:
     """Make ``data_dir`` ready: cohort present, slides tiled for this configuration, MRI preprocessed.
 
     Finished outputs are kept (cheap re-run). Slides or volumes that fail are reported and become missing
-    modalities for their patients; they do not stop the others.
+    modalities for their patients; they do not stop the others. ``tile=False`` skips tiling (training on stored
+    patch features, whose files carry their own coords).
     """
     data_dir = Path(data_dir)
     if not cohort_exists(data_dir):
@@ -62,13 +64,14 @@ def ensure_cohort(
         generate_cohort(data_dir, **{"workers": workers, "progress": progress, **dict(preset)})
 
     raw = data_dir / "wsi_raw"
-    slides = tiling.find_slides(raw) if raw.is_dir() else []
+    slides = tiling.find_slides(raw) if raw.is_dir() and tile else []
     if slides:
         resolution = dict(target_magnification=target_magnification, target_mpp=target_mpp,
                           assume_magnification=assume_magnification)
         out = tiling_dir(data_dir, patch_size, level, tissue_threshold, **resolution)
         summary = tiling.tile_slides(slides, out, patch_size, level, tissue_threshold, workers=workers,
-                                     progress=progress, **resolution)
+                                     progress=progress,
+                                     **resolution)
         if summary.count("tiled") or summary.failed:
             print(f"[data] {out}: {summary.report(max_failures=5)}", flush=True)
 

@@ -38,6 +38,7 @@ from zoo import spec
 from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.cli_help import HelpFormatter
 
+from .feature_files import trident_coords_attrs
 from .files import default_workers
 from .patches import TilingError, direct_tiles, open_slide, read_patches
 
@@ -397,10 +398,18 @@ def _tile(slide_path: Path, output_dir: Path, h5_path: Path, patch_size: int, le
                  "patch_size_level0": size0,
                  "downsample": downsample, "read_size": geometry.read_size, "tissue_threshold": threshold,
                  "version": TILING_VERSION, **geometry.attrs}
+        # TRIDENT's names too (zoo.data.feature_files), so TRIDENT/CLAM-style readers take our coords as theirs;
+        # a magnification tiling's own level0/target magnifications stay
+        for key, value in trident_coords_attrs(
+                patch_size=patch_size, patch_size_level0=size0, downsample=downsample, mpp=mpp,
+                objective_power=slide.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER), name=slide_path.stem,
+                savetodir=str(output_dir.resolve()), width=width, height=height).items():
+            attrs.setdefault(key, value)
     with atomic_path(h5_path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("coords", data=coords)
             f["coords"].attrs["columns"] = "x,y (level 0, top-left)"
+            f["coords"].attrs.update(attrs)  # where TRIDENT reads them
             f.attrs.update(attrs)
     if qc:
         _write_qc(output_dir / "qc" / f"{slide_path.stem}.png", thumb, mask, coords, scale, size0)
@@ -465,7 +474,8 @@ def load_coords(h5_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             if "coords" not in f:
                 raise TilingError(f"{h5_path}: no 'coords' dataset; re-run python -m zoo.data.tile --overwrite")
             coords = np.asarray(f["coords"][()], np.int64).reshape(-1, 2)
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v)
+                     for source in (f["coords"].attrs, f.attrs) for k, v in source.items()}  # root (ours) wins
     except OSError as e:
         raise TilingError(f"{h5_path}: unreadable tiling file ({e}); re-run python -m zoo.data.tile --overwrite") from e
     return coords, attrs

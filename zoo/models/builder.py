@@ -31,10 +31,15 @@ def _reject_unknown(modality: str, options: dict[str, Any]) -> None:
 
 
 def _pathology_parts(backbone="resnet50", input_channels=3, pretrained=False, aggregator="attention_mil",
-                     freeze=False, input_size=224, weights=None, **rest) -> dict[str, nn.Module]:
+                     freeze=False, input_size=224, feature_dim=0, weights=None, **rest) -> dict[str, nn.Module]:
+    """`feature_dim` > 0: the MIL pools precomputed D-dim patch features (data.modalities.pathology.features_dir)
+    and there is no patch encoder: the encoder that made the features is not part of the model."""
+    aggregator = {"type": aggregator} if isinstance(aggregator, str) else dict(aggregator)
+    if int(feature_dim or 0) > 0:
+        _reject_unknown("pathology", rest)
+        return {"patch_encoder": None, "mil": build_mil(int(feature_dim), **aggregator)}
     _reject_unknown("pathology", rest)
     encoder = PatchEncoder(backbone, input_channels, pretrained, freeze, input_size, weights=weights)
-    aggregator = {"type": aggregator} if isinstance(aggregator, str) else dict(aggregator)
     return {"patch_encoder": encoder, "mil": build_mil(encoder.out_dim, **aggregator)}
 
 

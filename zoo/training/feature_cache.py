@@ -215,8 +215,13 @@ def feature_statistics(paths: Iterable[str | os.PathLike]) -> tuple[np.ndarray, 
     """Per-dimension (mean, std, number of patches) over every patch of the cached slides in `paths`."""
     total, total_sq, n = None, None, 0
     for path in paths:
-        with h5py.File(path, "r") as fh:
-            features = np.asarray(fh["features"], dtype=np.float64)
+        if Path(path).suffix == ".pt":  # CLAM's pt_files (stored features)
+            from zoo.data.feature_files import read_feature_file
+
+            features = read_feature_file(path).features.astype(np.float64)
+        else:
+            with h5py.File(path, "r") as fh:
+                features = np.asarray(fh["features"], dtype=np.float64)
         if features.size == 0:
             continue
         total = features.sum(0) if total is None else total + features.sum(0)

@@ -59,7 +59,46 @@ def resolve_entry_config(entry_name: str, recipe: str, config_file: str | Path |
 
 def uses_feature_cache(config: Mapping[str, Any]) -> bool:
     pathology = config["model"]["modalities"].get("pathology")
+    if pathology and int(pathology.get("feature_dim") or 0) > 0:
+        return False  # stored features (data.modalities.pathology.features_dir): nothing to encode or cache
     return bool(pathology and pathology.get("freeze") and config["training"].get("feature_cache"))
+
+
+def uses_stored_features(config: Mapping[str, Any]) -> bool:
+    return bool(config["model"]["modalities"].get("pathology")
+                and config["data"]["modalities"]["pathology"].get("features_dir"))
+
+
+def prepare_stored_features(config: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:
+    """`data.modalities.pathology.features_dir` set: recognise the layout (TRIDENT / CLAM / flat), check every
+    file, and make the MIL input dim the files' (`model.modalities.pathology.feature_dim`). The model then has
+    no patch encoder: the encoder that made the features is recorded by name, never run."""
+    if not uses_stored_features(config):
+        return None
+    from zoo.data.feature_files import FeatureFileError, detect_feature_folder, scan_feature_files
+
+    data_p, model_p = config["data"]["modalities"]["pathology"], config["model"]["modalities"]["pathology"]
+    root = Path(data_p["features_dir"]).expanduser().resolve()
+    try:
+        folder = detect_feature_folder(root, data_p.get("features_encoder") or None)
+    except FeatureFileError as exc:
+        raise TrainingSetupError(str(exc)) from None
+    declared = int(model_p.get("feature_dim") or 0) or None
+    report = scan_feature_files(folder, None, declared)
+    if not report.rows:
+        reasons = "; ".join(f"{k}: {v}" for k, v in sorted(report.problems.items())[:5])
+        raise TrainingSetupError(f"{folder.directory}: no usable feature file ({reasons})")
+    data_p["features_dir"], data_p["features_encoder"] = str(root), folder.encoder
+    model_p["feature_dim"] = int(report.dim)
+    for slide_id, why in sorted(report.problems.items()):
+        log(f"WARNING stored features of slide {slide_id} skipped: {why}")
+    log(f"pathology: training on stored features in {folder.directory} ({folder.layout} layout, encoder "
+        f"{folder.encoder or 'unknown'}, {report.dim}-d, {len(report.rows)} slide file(s)"
+        f"{f', {len(report.problems)} skipped' if report.problems else ''}); the model has no patch encoder (the "
+        "features' encoder is never run here): MIL, other encoders and fusion head are trained; export needs "
+        "a patch encoder and refuses such a checkpoint (serve it from precomputed features)")
+    return {"features_dir": str(root), "layout": folder.layout, "encoder": folder.encoder,
+            "feature_dim": int(report.dim), "num_files": len(report.rows), "skipped": dict(report.problems)}
 
 
 def make_datasets(config: Mapping[str, Any], feature_dir: Path | None) -> dict[str, Any]:
@@ -136,7 +175,7 @@ def cohort_tiling_dir(config: Mapping[str, Any]) -> Path:
 
 def prepare_feature_cache(config: Mapping[str, Any], model: torch.nn.Module, device: torch.device,
                           progress: bool, log: Callable[[str], None]) -> Path | None:
-    if not uses_feature_cache(config):
+    if not uses_feature_cache(config) or getattr(model, "patch_encoder", None) is None:
         return None
     from zoo.training.feature_cache import ensure_features
 
@@ -192,7 +231,7 @@ def ensure_data(config: Mapping[str, Any], generate_if_missing: bool, progress: 
         ensure_cohort(data_dir, generate_if_missing=generate_if_missing, patch_size=p["patch_size"], level=p["level"],
                       tissue_threshold=p["tissue_threshold"], **resolution_options(p),
                       target_spacing=m["target_spacing"],
-                      output_shape=m["output_shape"], progress=progress)
+                      output_shape=m["output_shape"], progress=progress, tile=not uses_stored_features(config))
         log(f"cohort ready in {data_dir} ({time.perf_counter() - t0:.1f} s)")
     ddp.barrier()
 
@@ -228,6 +267,7 @@ def run_training(
     seed_everything(seed)
     from zoo.models import build_model_from_config
 
+    prepare_stored_features(config, log)
     model = build_model_from_config(config["model"])
     feature_dir = prepare_feature_cache(config, model, device, progress, log)
     datasets = make_datasets(config, feature_dir)
