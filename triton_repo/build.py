@@ -4,12 +4,14 @@
                                 [--flavor gpu|embedded] [--tensorrt-fp16] [--max-patch-batch 1024] [--overwrite]
 
 Each entry becomes `<entry>_<part>` models plus the ensembles `<entry>` and `<entry>_slide`; several entries can
-share one repository. Every served ONNX file is checked against the manifest's sha256 (the build refuses on a
+share one repository. The `<entry>` ensemble's config.pbtxt carries the export manifest (string parameter
+`export_manifest` + its `export_manifest_sha256`) for clients that know only the server's address. Every served ONNX file is checked against the manifest's sha256 (the build refuses on a
 mismatch). Each model directory is staged next to its final place and moved in with os.replace.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from triton_repo import config as cfg_mod
 from triton_repo import manifest as mf
+from triton_repo.discovery import manifest_parameters
 from triton_repo.plan import FLAVORS, BuildOptions, model_configs
 from zoo.cli_help import HelpFormatter
 
@@ -66,8 +69,13 @@ def _install(stage: Path, final: Path, overwrite: bool) -> None:
 
 
 def build_entry(manifest: mf.ExportManifest, output: Path, options: BuildOptions, overwrite: bool) -> list[str]:
-    """Write one entry's models into `output`; returns the model names."""
-    configs = model_configs(manifest, options)
+    """Write one entry's models into `output`; returns the model names. The `<entry>` ensemble's config carries
+    the export manifest (triton_repo.discovery), so a client needs only the server's address."""
+    manifest_path = manifest.export_dir / mf.MANIFEST_NAME
+    manifest_text = manifest_path.read_text(encoding="utf-8")
+    embedded = manifest_parameters(manifest_text, str(manifest_path))
+    configs = [dataclasses.replace(c, parameters={**c.parameters, **embedded}) if c.name == manifest.entry else c
+               for c in model_configs(manifest, options)]
     for config in configs:
         final = output / config.name
         if final.exists() and not overwrite:
@@ -82,8 +90,7 @@ def build_entry(manifest: mf.ExportManifest, output: Path, options: BuildOptions
             part = parts.get(config.parameters.get("part")) if not config.steps else None
             _write_model(stage, config, part, options.flavor)
             if config.name == manifest.entry:
-                (stage / REPO_MANIFEST_NAME).write_text(
-                    (manifest.export_dir / mf.MANIFEST_NAME).read_text())
+                (stage / REPO_MANIFEST_NAME).write_text(manifest_text, encoding="utf-8")
             _install(stage, output / config.name, overwrite)
             names.append(config.name)
     return names

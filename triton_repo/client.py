@@ -4,8 +4,12 @@
         [--url 127.0.0.1:8001] [--model ENTRY] [--repository model_repository] [--shared-memory]
         [--heatmap out.png] [--tiling-dir DIR] [--chunk-size 256] [--in-flight 4] [--retries N]
     python -m triton_repo.client predict --patient-id P --data-dir data/breast_cancer [...]
+    python -m triton_repo.client predict-cohort --data-dir data/breast_cancer [--split test] [--workers 4] [--ray]
+        [--output predictions.csv] [--url ...] [--model ENTRY]
 
 Missing modalities are simply not passed: the client sends the ensemble a placeholder and presence False.
+Without --repository the client needs only the server's address: the `<entry>` ensemble's config carries the
+export manifest (triton_repo.discovery), read through the model-config API and sha256-checked.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tqdm import tqdm
 
+from triton_repo import discovery
 from triton_repo import inputs as inp
 from triton_repo import manifest as mf
 from triton_repo.build import REPO_MANIFEST_NAME
@@ -27,6 +32,7 @@ from triton_repo.connection import ClientError, connect, with_retries
 from triton_repo.plan import CLINICAL, MRI, PATHOLOGY, ensemble_io, part_model_name, placeholder
 from triton_repo.streaming import PatchStreamer
 from zoo.cli_help import HelpFormatter
+from zoo.spec import SPLITS
 
 
 @dataclass
@@ -79,20 +85,48 @@ def resolve_manifest(manifest_or_repo: mf.ExportManifest | str | Path, model: st
     return mf.load(copy, verify_files=False)  # the served files were verified at build time
 
 
+def served_manifest(client, url: str, model: str | None, retries: int = 0,
+                    backoff_s: float = 0.5) -> mf.ExportManifest:
+    """The manifest the server's `<model>` ensemble carries; without `model`, that of the server's only entry."""
+    if model is None:
+        model = discovery.pick_entry(discovery.served_entries(client, url, retries, backoff_s), None, url)
+    return discovery.served_manifest(client, model, url, retries, backoff_s)
+
+
 class SlideClient:
-    """Predict a patient's subtype through a running Triton server."""
+    """Predict a patient's subtype through a running Triton server.
+
+    `manifest_or_repo`: None (default) reads the export manifest from the server (the `<entry>` ensemble's config;
+    `model` may be left out when the server serves one entry); or an ExportManifest, an export directory, or a
+    local model repository. `unreadable_slides`: "skip" (a slide that fails to tile is skipped with a warning,
+    like training skips it) or "error" (only a slide without tissue is skipped; any other tiling failure, e.g. a
+    corrupt file, raises ClientError). Slides skipped by the last `predict` are in `skipped_slides`.
+    """
 
     def __init__(self, url: str = "127.0.0.1:8001", model: str | None = None,
-                 manifest_or_repo: mf.ExportManifest | str | Path = "model_repository", chunk_size: int = 256,
+                 manifest_or_repo: mf.ExportManifest | str | Path | None = None, chunk_size: int = 256,
                  in_flight: int = 4, shared_memory: bool = False, retries: int = 0, backoff_s: float = 0.5,
-                 progress: bool = False, tiling_dir: str | Path | None = None, reader_threads: int | None = None):
-        self.manifest = resolve_manifest(manifest_or_repo, model)
-        self.entry = model or self.manifest.entry
-        if self.entry != self.manifest.entry:
-            raise ClientError(f"model {self.entry!r} does not match the manifest's entry {self.manifest.entry!r}")
+                 progress: bool = False, tiling_dir: str | Path | None = None, reader_threads: int | None = None,
+                 unreadable_slides: str = "skip"):
+        if unreadable_slides not in ("skip", "error"):
+            raise ValueError(f"unreadable_slides must be 'skip' or 'error', not {unreadable_slides!r}")
         self.url, self.retries, self.backoff_s, self.progress = url, retries, backoff_s, progress
         self.chunk_size, self.tiling_dir, self.reader_threads = chunk_size, tiling_dir, reader_threads
-        self.client = connect(url, retries, backoff_s)
+        self.unreadable_slides, self.skipped_slides = unreadable_slides, []
+        if manifest_or_repo is not None:
+            self.manifest = resolve_manifest(manifest_or_repo, model)
+            self.client = connect(url, retries, backoff_s)
+        else:
+            self.client = connect(url, retries, backoff_s)
+            try:
+                self.manifest = served_manifest(self.client, url, model, retries, backoff_s)
+            except (ClientError, mf.ManifestError):
+                self.client.close()
+                raise
+        self.entry = model or self.manifest.entry
+        if self.entry != self.manifest.entry:
+            self.client.close()
+            raise ClientError(f"model {self.entry!r} does not match the manifest's entry {self.manifest.entry!r}")
         self.has_pathology = PATHOLOGY in self.manifest.modalities
         self.io = ensemble_io(self.manifest, from_features=self.has_pathology)
         self.streamer = None
@@ -120,6 +154,7 @@ class SlideClient:
             if len(feats) != len(bag.coords):
                 raise ClientError(f"slide {bag.slide_id}: {len(feats)} features for {len(bag.coords)} coords")
             if len(feats) == 0:
+                self.skipped_slides.append(f"slide {bag.slide_id} has no tissue patches")
                 print(f"warning: slide {bag.slide_id} has no tissue patches; skipped", file=sys.stderr)
                 continue
             coords.append(np.column_stack([np.full(len(feats), len(ids)), bag.coords]).astype(np.int64))
@@ -164,6 +199,7 @@ class SlideClient:
         items: dict[str, np.ndarray] = {}
         slide_ids: tuple[str, ...] = ()
         coords = None
+        self.skipped_slides = []
         if self.has_pathology:
             all_bags = list(bags) + self.tile_slides(slides)
             parts = [self.encode_slides(all_bags)] if all_bags else []
@@ -208,6 +244,9 @@ class SlideClient:
                 bags.append(inp.slide_bag(slide, self.manifest, self.chunk_size, self.tiling_dir,
                                           self.reader_threads))
             except inp.TilingFailed as err:
+                if self.unreadable_slides == "error" and not err.no_tissue:
+                    raise ClientError(str(err)) from None
+                self.skipped_slides.append(str(err))
                 print(f"warning: {err}; slide skipped", file=sys.stderr)
         return bags
 
@@ -261,11 +300,33 @@ def patient_inputs(patient_id: str, data_dir: str | Path, manifest: mf.ExportMan
     return found
 
 
+def _server_options() -> argparse.ArgumentParser:
+    """Options shared by predict and predict-cohort: where the server is and how patients are sent."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC host:port")
+    common.add_argument("--model", help="entry name (default: the only entry the server (or --repository) holds)")
+    common.add_argument("--repository", default=None,
+                        help="model repository (or an exports/<entry> directory) to read the manifest from "
+                             "(default: read it from the server, whose <entry> ensemble config carries it)")
+    common.add_argument("--tiling-dir", help="cache of slide tilings (default: $XDG_CACHE_HOME/breast-fusion-zoo/"
+                                             "client-tiles)")
+    common.add_argument("--shared-memory", action="store_true", help="send patches via system shared memory")
+    common.add_argument("--chunk-size", type=int, default=256)
+    common.add_argument("--in-flight", type=int, default=4)
+    common.add_argument("--reader-threads", type=int, default=None,
+                        help="threads reading patches ahead of the requests (default: one per core, at most 8; "
+                             "0: none)")
+    common.add_argument("--retries", type=int, default=0, help="retries with exponential backoff on transient errors")
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m triton_repo.client", description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", formatter_class=HelpFormatter, help="predict one patient's subtype")
+    common = _server_options()
+    p = sub.add_parser("predict", formatter_class=HelpFormatter, help="predict one patient's subtype",
+                       parents=[common])
     p.add_argument("--slide", action="append", default=[], help="whole-slide image (repeat for several)")
     p.add_argument("--features", action="append", default=[],
                    help="precomputed patch features of one slide, TRIDENT (features_<enc>/<slide>.h5) or CLAM "
@@ -274,20 +335,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clinical-json", help='raw clinical values, e.g. \'{"age": 52, "er_status": 1}\'')
     p.add_argument("--patient-id", help="take the patient's files from --data-dir (cohort layout)")
     p.add_argument("--data-dir", default="data/breast_cancer")
-    p.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC host:port")
-    p.add_argument("--model", help="entry name (default: the repository's only entry)")
-    p.add_argument("--repository", default="model_repository",
-                   help="model repository (or an exports/<entry> directory) to read the manifest from")
-    p.add_argument("--tiling-dir", help="cache of slide tilings (default: $XDG_CACHE_HOME/breast-fusion-zoo/"
-                                        "client-tiles)")
-    p.add_argument("--shared-memory", action="store_true", help="send patches via system shared memory")
     p.add_argument("--heatmap", help="write a patch-attention heatmap PNG here")
-    p.add_argument("--chunk-size", type=int, default=256)
-    p.add_argument("--in-flight", type=int, default=4)
-    p.add_argument("--reader-threads", type=int, default=None,
-                   help="threads reading patches ahead of the requests (default: one per core, at most 8; 0: none)")
-    p.add_argument("--retries", type=int, default=0, help="retries with exponential backoff on transient errors")
     p.add_argument("--top-k", type=int, default=5)
+    c = sub.add_parser("predict-cohort", formatter_class=HelpFormatter, parents=[common],
+                       help="predict every patient of a cohort directory into one CSV (resumable)",
+                       description="Every patient of --data-dir's clinical tables, each as `predict --patient-id "
+                                   "P`, with at most --workers patients in flight; one CSV row per patient "
+                                   "(patient_id, split, model, label, predicted_class, p_<class>, n_patches, "
+                                   "skipped_slides, error), rewritten atomically after each; a rerun sends only "
+                                   "the patients without a successful row. Exit code 1 when a patient failed.")
+    c.add_argument("--data-dir", default="data/breast_cancer")
+    c.add_argument("--split", choices=list(SPLITS), help="only this split's patients (default: every split)")
+    c.add_argument("--workers", type=int, default=4, help="patients in flight at once")
+    c.add_argument("--ray", action="store_true",
+                   help="run patients as Ray tasks (a local Ray instance, or the cluster RAY_ADDRESS names)")
+    c.add_argument("--output", default="predictions.csv", help="predictions CSV (resumed when it exists)")
+    c.add_argument("--skip-unreadable-slides", action="store_true",
+                   help="skip a slide that fails to tile (as predict does) instead of failing its patient; a "
+                        "slide without tissue is always skipped")
     return parser
 
 
@@ -312,8 +377,26 @@ def _heatmap_patch_size(manifest: mf.ExportManifest) -> int | None:
     return int(tiling["patch_size"]) if tiling.get("level") == 0 and "patch_size" in tiling else None
 
 
+def _main_cohort(args: argparse.Namespace) -> int:
+    from triton_repo.cohort import ClientOptions, predict_cohort
+    options = ClientOptions(url=args.url, model=args.model, repository=args.repository, chunk_size=args.chunk_size,
+                            in_flight=args.in_flight, shared_memory=args.shared_memory, retries=args.retries,
+                            tiling_dir=args.tiling_dir, reader_threads=args.reader_threads,
+                            unreadable_slides="skip" if args.skip_unreadable_slides else "error")
+    try:
+        result = predict_cohort(args.data_dir, args.output, options, args.split, args.workers, args.ray)
+    except (ClientError, mf.ManifestError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output": str(result.path), "patients": result.total, "already_done": result.skipped,
+                      "predicted": result.predicted, "failed": result.failed}))
+    return 1 if result.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "predict-cohort":
+        return _main_cohort(args)
     try:
         with SlideClient(args.url, args.model, args.repository, args.chunk_size, args.in_flight,
                          args.shared_memory, args.retries, progress=True, tiling_dir=args.tiling_dir,

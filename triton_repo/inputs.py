@@ -37,7 +37,16 @@ TILING_KEYS = ("patch_size", "level", "tissue_threshold")  # manifest preprocess
 
 
 class TilingFailed(ValueError):
-    """A slide yields no patches (no tissue, unreadable pixels); the patient's other slides still count."""
+    """A slide yields no patches (no tissue, unreadable pixels); the patient's other slides still count.
+    `no_tissue`: the slide was read, but no patch reaches the tissue threshold (not a broken file)."""
+
+    def __init__(self, message: str, no_tissue: bool = False):
+        super().__init__(message)
+        self.no_tissue = no_tissue
+
+
+# zoo.data.tile's messages for a slide that was read but has no usable tissue (tests/triton checks them)
+NO_TISSUE_MESSAGES = ("no tissue found", "no patch reaches tissue fraction", "smaller than one patch")
 
 
 def tiling_cache() -> Path:
@@ -80,7 +89,8 @@ def slide_bag(path: str | Path, manifest: ExportManifest, batch_size: int,
     cache = slide_tiling_dir(path, Path(tiling_dir) if tiling_dir else tiling_cache(), **params)
     result = tile.tile_slide(path, cache, **params, qc=False)
     if not result.ok:
-        raise TilingFailed(f"{path}: tiling failed: {result.message}")
+        raise TilingFailed(f"{path}: tiling failed: {result.message}",
+                           no_tissue=any(m in (result.message or "") for m in NO_TISSUE_MESSAGES))
     coords, attrs = tile.load_coords(result.h5_path)
     batches = patches.iter_patch_batches(path, coords, int(attrs["patch_size"]), int(attrs["level"]), batch_size,
                                          threads=reader_threads, read_size=tile.patch_read_size(attrs))

@@ -160,7 +160,24 @@ def load(export_dir: str | Path, verify_files: bool = True) -> ExportManifest:
     export_dir = path.parent
     if not path.is_file():
         raise ManifestError(f"{path}: no export manifest; run `python -m export.onnx` for this entry first")
-    raw = _read_raw(path, verify_files)
+    return from_raw(_read_raw(path, verify_files), export_dir, str(path))
+
+
+def loads(text: str, where: str, export_dir: str | Path = ".") -> ExportManifest:
+    """An `ExportManifest` from manifest JSON text (e.g. the copy a served ensemble's config carries); part paths
+    are relative to `export_dir`, which need not exist (a client only reads names, shapes and preprocessing)."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: a manifest is a JSON object, got {type(raw).__name__}")
+    return from_raw(raw, Path(export_dir), where)
+
+
+def from_raw(raw: dict, export_dir: Path, where: str) -> ExportManifest:
+    """An `ExportManifest` from the parsed manifest JSON; `where` names its source in errors."""
+    path = where
     parts = {}
     for name, part in _raw_parts(raw, str(path)).items():
         where = f"{path}: part {name!r}"
