@@ -39,9 +39,15 @@ class Rule:
 
 
 ALL = ("",)  # a source prefix that every module is under
+# The one module of zoo allowed to import triton_repo: the viewer's `--triton` backend (it imports it inside the
+# backend, so `import zoo.viewer.*` never loads the gRPC client; test_viewer_imports_no_triton checks that).
+VIEWER_TRITON = ("zoo.viewer.triton_backend",)
 
 RULES: tuple[Rule, ...] = (
-    Rule("zoo never imports export, triton_repo or bench", ("zoo",), ("export", "triton_repo", "bench")),
+    Rule("zoo never imports export, triton_repo or bench", ("zoo",), ("export", "triton_repo", "bench"),
+         exempt=VIEWER_TRITON),
+    Rule("zoo.viewer's Triton backend imports triton_repo only", VIEWER_TRITON, ("export", "bench")),
+    Rule("nothing in zoo outside zoo.viewer imports zoo.viewer", ("zoo",), ("zoo.viewer",), exempt=("zoo.viewer",)),
     Rule("export never imports triton_repo", ("export",), ("triton_repo",)),
     Rule("nothing outside bench imports bench", ALL, ("bench",), exempt=("bench",)),
     Rule("zoo.data never imports zoo.models", ("zoo.data",), ("zoo.models",)),
@@ -172,6 +178,15 @@ def test_triton_client_import_loads_no_torch():
     assert out.stdout.strip() == "[]", f"import triton_repo.client loaded torch modules: {out.stdout.strip()[:300]}"
 
 
+def test_viewer_imports_no_triton():
+    """zoo.viewer's app, CLI and checkpoint backend load neither triton_repo nor tritonclient."""
+    code = ("import sys, zoo.viewer.cli, zoo.viewer.app, zoo.viewer.inference, zoo.viewer.triton_backend; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('triton_repo', 'tritonclient', 'export')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"importing zoo.viewer loaded: {out.stdout.strip()[:300]}"
+
+
 # --------------------------------------------------------------------------- the checker on synthetic trees
 
 
@@ -227,6 +242,17 @@ def test_checker_reports_file_line_and_rule(fake_repo, rel, text, line, rule):
     assert (v.path, v.line, v.rule) == (rel, line, rule)
     message = str(v)
     assert message.startswith(f"{rel}:{line}: ") and rule in message
+
+
+def test_viewer_triton_exemption_is_that_module_only(fake_repo):
+    _write(fake_repo, "zoo/viewer/__init__.py", "")
+    _write(fake_repo, "zoo/viewer/triton_backend.py", "def f():\n    from triton_repo.client import SlideClient\n")
+    assert check_tree(fake_repo) == []
+    _write(fake_repo, "zoo/viewer/app.py", "import triton_repo.client\n")
+    _write(fake_repo, "zoo/analysis/x.py", "from zoo.viewer import triton_backend\n")
+    found = {(v.path, v.rule) for v in check_tree(fake_repo)}
+    assert found == {("zoo/viewer/app.py", "zoo never imports export, triton_repo or bench"),
+                     ("zoo/analysis/x.py", "nothing in zoo outside zoo.viewer imports zoo.viewer")}
 
 
 def test_checker_does_not_confuse_prefixes(fake_repo):
