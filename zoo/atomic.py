@@ -13,11 +13,11 @@ import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 # Temp names carry the writer's pid (".<name>.pid<pid>.<random>..."), so a later run can tell the leftovers of a
 # writer that was killed (SIGKILL, OOM killer, power loss: no cleanup ran) from files a live writer still owns.
-_ORPHAN_NAME = re.compile(r"^\..+?\.pid(\d+)\.")
+_ORPHAN_NAME = re.compile(r"^\.(.+?)\.pid(\d+)\.")
 
 
 def temp_prefix(name: str) -> str:
@@ -35,19 +35,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_orphaned_temps(directory: str | os.PathLike) -> list[Path]:
+def remove_orphaned_temps(directory: str | os.PathLike, names: Iterable[str] | None = None,
+                          any_pid: bool = False) -> list[Path]:
     """Delete temp files/dirs in `directory` whose writer process no longer exists; returns what was removed.
 
     Pids are local to this machine (and PID namespace): several hosts writing into one shared directory should
-    not run this concurrently.
+    not run this concurrently over the whole directory. `names` limits it to the temps standing in for those file
+    names (a job's own slides: another host's live writers of other slides are left alone); `any_pid` removes
+    them whatever their pid, for a caller that holds the lock every writer of those names takes (zoo.locks).
     """
     directory = Path(directory)
     removed: list[Path] = []
     if not directory.is_dir():
         return removed
+    wanted = None if names is None else set(names)
     for item in directory.iterdir():
         match = _ORPHAN_NAME.match(item.name)
-        if match is None or _pid_alive(int(match.group(1))):
+        if match is None or (wanted is not None and match.group(1) not in wanted):
+            continue
+        if not any_pid and _pid_alive(int(match.group(2))):
             continue
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item, ignore_errors=True)

@@ -41,6 +41,7 @@ from zoo.cli_help import HelpFormatter
 from .feature_files import trident_coords_attrs
 from .files import default_workers
 from .patches import TilingError, direct_tiles, open_slide, read_patches
+from .shards import parse_shard, read_slides_list, select_listed, shard_items
 
 TILING_VERSION = 1
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -446,16 +447,19 @@ def tile_slides(
     target_magnification: float | None = None,
     target_mpp: float | None = None,
     assume_magnification: float | None = None,
+    shared_output: bool = False,
 ) -> TilingSummary:
-    """Tile many slides in parallel (tile_slide's options); failures are collected in the summary, never raised."""
+    """Tile many slides in parallel (tile_slide's options); failures are collected in the summary, never raised.
+    ``shared_output``: other jobs (shards, hosts) write into ``output_dir`` too, so only the temp files of these
+    slides left by dead writers are removed, never another job's."""
     check_resolution_options(target_magnification, target_mpp, assume_magnification)
     task = functools.partial(tile_slide, output_dir=Path(output_dir), patch_size=patch_size, level=level,
                              tissue_threshold=tissue_threshold, overwrite=overwrite,
                              target_magnification=target_magnification, target_mpp=target_mpp,
                              assume_magnification=assume_magnification)
     tasks = [Path(p) for p in paths]
-    for folder in (Path(output_dir), Path(output_dir) / "qc"):  # temp files of a killed earlier run
-        remove_orphaned_temps(folder)
+    for folder, suffix in ((Path(output_dir), ".h5"), (Path(output_dir) / "qc", ".png")):  # of a killed earlier run
+        remove_orphaned_temps(folder, names=[t.stem + suffix for t in tasks] if shared_output else None)
     n_workers = min(default_workers(workers), max(1, len(tasks)))
     bar = dict(total=len(tasks), desc="tiling", unit="slide", disable=not progress)
     if n_workers == 1:
@@ -464,6 +468,15 @@ def tile_slides(
         with ProcessPoolExecutor(n_workers) as pool:
             results = list(tqdm(pool.map(task, tasks, chunksize=4), **bar))
     return TilingSummary(results)
+
+
+def select_slides(slides: Sequence[Path], slides_list: str | os.PathLike | None = None,
+                  shard: tuple[int, int] | None = None, where: str | os.PathLike = "the input folder") -> list[Path]:
+    """The slides named in `slides_list` (all when None), then shard (I, N) of them sorted by slide id."""
+    by_id = {Path(s).stem: Path(s) for s in slides}
+    if slides_list is not None:
+        by_id = select_listed(by_id, read_slides_list(slides_list), str(where))
+    return [by_id[k] for k in shard_items(list(by_id), shard)]
 
 
 def load_coords(h5_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
@@ -499,6 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tissue-threshold", type=float, default=0.5)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="re-tile slides that are already done")
+    p.add_argument("--slides-list", default=None, metavar="FILE",
+                   help="tile only the slides named in FILE (one file name, path or slide id a line; # comments)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="tile shard I of N (0-based) of the sorted slide list, for job arrays (docs/cluster.md)")
     a = p.parse_args(argv)
     if a.assume_magnification is not None and a.target_magnification is None and a.target_mpp is None:
         p.error("--assume-magnification needs --target-magnification or --target-mpp")
@@ -509,13 +526,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(a.input_dir).is_dir():
         print(f"error: --input-dir {a.input_dir} is not a directory", file=sys.stderr)
         return 2
+    try:
+        shard = parse_shard(a.shard) if a.shard is not None else None
+    except ValueError as e:
+        p.error(str(e))
     slides = find_slides(a.input_dir)
     if not slides:
         print(f"error: no slides ({', '.join(SLIDE_SUFFIXES)}) in {a.input_dir}", file=sys.stderr)
         return 2
+    try:
+        slides = select_slides(slides, a.slides_list, shard, where=a.input_dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary = tile_slides(slides, a.output_dir, a.patch_size, a.level, a.tissue_threshold, a.overwrite, a.workers,
                           target_magnification=a.target_magnification, target_mpp=a.target_mpp,
-                          assume_magnification=a.assume_magnification)
+                          assume_magnification=a.assume_magnification,
+                          shared_output=a.shard is not None or a.slides_list is not None)
     print(summary.report())
     return 1 if summary.failed else 0
 
