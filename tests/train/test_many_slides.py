@@ -187,7 +187,7 @@ def ray_cluster(tmp_path_factory):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(30)
+            head.wait(5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
 
@@ -220,17 +220,22 @@ def test_ray_encoder_actor_killed_then_rerun_finishes_the_rest(cohort, ray_clust
     out = tmp_path / "killed" / "features_cnn_tiny"
     cmd = extract_cmd(cohort, tmp_path / "killed", "--ray", address, "--workers", 2)
     cmd[cmd.index("--batch-size") + 1] = "1"  # many small batches: the actors are busy for a while
+    started = time.time()
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     victim, deadline = None, time.time() + 240
     while victim is None and driver.poll() is None and time.time() < deadline:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
+        for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
             line = " ".join(proc.info["cmdline"] or [])
-            if "EncoderActor" in line and "ray::" in line:
+            # this run's actor (an earlier run's may still be exiting), busy encoding (its title names the call)
+            if "ray::" in line and "EncoderActor" in line and (proc.info["create_time"] or 0) >= started - 1:
+                try:
+                    proc.send_signal(signal.SIGKILL)  # kill -9 of the real worker process
+                except psutil.NoSuchProcess:
+                    continue
                 victim = proc
                 break
         time.sleep(0.2)
     assert victim is not None, "no Ray worker running the encoder actor was found"
-    victim.send_signal(signal.SIGKILL)  # kill -9 of the real worker process
     stdout, stderr = driver.communicate(timeout=300)
     assert driver.returncode in (0, 1), stderr[-3000:]
     first = visible(out)
