@@ -159,25 +159,15 @@ def create_app(cohort: Cohort, backend: Backend, cache_dir: str | Path | None = 
     app = FastAPI(title="breast-fusion-zoo viewer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.viewer = state
 
-    @app.exception_handler(UnknownId)
-    async def _unknown(_request: Request, exc: UnknownId):
-        return _error(404, str(exc))
+    def answer(status: int):
+        async def handler(_request: Request, exc: Exception):
+            return _error(status, str(exc))
+        return handler
 
-    @app.exception_handler(TileNotFound)
-    async def _no_tile(_request: Request, exc: TileNotFound):
-        return _error(404, str(exc))
-
-    @app.exception_handler(SlideUnreadable)
-    async def _unreadable(_request: Request, exc: SlideUnreadable):
-        return _error(500, str(exc))
-
-    @app.exception_handler(MriUnreadable)
-    async def _bad_mri(_request: Request, exc: MriUnreadable):
-        return _error(500, str(exc))
-
-    @app.exception_handler(PredictionError)
-    async def _no_prediction(_request: Request, exc: PredictionError):
-        return _error(500, str(exc))
+    # Unknown ids and tiles are the client's mistake (404); a file that will not open or predict is ours (500).
+    for error, status in ((UnknownId, 404), (TileNotFound, 404), (SlideUnreadable, 500), (MriUnreadable, 500),
+                          (PredictionError, 500)):
+        app.add_exception_handler(error, answer(status))
 
     @app.on_event("startup")
     def _start() -> None:
