@@ -44,6 +44,8 @@ CLIS: list[tuple[str, str, tuple[str, ...], list[str]]] = [
     ("python -m zoo.data.mri", "zoo.data.mri", (), []),
     ("python -m zoo.features", "zoo.training.extract", (), []),
     ("python -m zoo.features extract", "zoo.training.extract", (), ["extract"]),
+    ("python -m zoo.encoders", "zoo.encoders", (), []),
+    ("python -m zoo.viewer", "zoo.viewer.cli", (), []),
     ("python -m export.onnx", "export.cli", ("onnx",), []),
     ("python -m export.torchscript", "export.cli", ("torchscript",), []),
     ("python -m export.parity", "export.parity", (), []),
@@ -51,6 +53,7 @@ CLIS: list[tuple[str, str, tuple[str, ...], list[str]]] = [
     ("python -m triton_repo.serve", "triton_repo.serve", (), []),
     ("python -m triton_repo.client", "triton_repo.client", (), []),
     ("python -m triton_repo.client predict", "triton_repo.client", (), ["predict"]),
+    ("python -m triton_repo.client predict-cohort", "triton_repo.client", (), ["predict-cohort"]),
     ("python -m bench.summarize", "bench.summarize", (), []),
 ]
 SUBPROCESS_PACKAGES = ("bench",)

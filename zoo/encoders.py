@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from zoo.cli_help import HelpFormatter
 from zoo.models.encoders.registry import ENCODERS
 
 
@@ -35,7 +36,8 @@ def _fmt(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo.encoders", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m zoo.encoders", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--json", action="store_true", help="print the table as JSON (every field, sources too)")
     args = parser.parse_args(argv)
     table = rows()
