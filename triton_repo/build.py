@@ -5,8 +5,9 @@
 
 Each entry becomes `<entry>_<part>` models plus the ensembles `<entry>` and `<entry>_slide`; several entries can
 share one repository. The `<entry>` ensemble's config.pbtxt carries the export manifest (string parameter
-`export_manifest` + its `export_manifest_sha256`) for clients that know only the server's address. Every served ONNX file is checked against the manifest's sha256 (the build refuses on a
-mismatch). Each model directory is staged next to its final place and moved in with os.replace.
+`export_manifest` + its `export_manifest_sha256`) for clients that know only the server's address. Every served ONNX
+file is checked against the manifest's sha256 (the build refuses on a mismatch). Each model directory is staged next
+to its final place and moved in with os.replace.
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def served_entries(client: Any, url: str, retries: int = 0, backoff_s: float = 0
     for name in sorted(ready):
         if _looks_like_part(name, ready):
             continue
-        config = with_retries(lambda: client.get_model_config(name), retries, backoff_s,
+        config = with_retries(lambda name=name: client.get_model_config(name), retries, backoff_s,
                               f"model config of {name!r} at {url}").config
         if MANIFEST_PARAMETER in config.parameters:
             entries.append(name)
