@@ -8,6 +8,7 @@ does (`triton_repo.client.patient_inputs`, the client's tiling and MRI/clinical 
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ class TritonBackend:
         from triton_repo.client import SlideClient
 
         self.url, self.cohort = url, cohort
+        # One SlideClient serves every patient, and its `skipped_slides` belong to its last `predict`: the app's
+        # warm-up thread and page requests compute patients at the same time, so one predict runs at a time
+        # (as CheckpointBackend runs one forward at a time), else a patient's skipped slides are lost or mixed.
+        self._lock = threading.Lock()
         self.client = client if client is not None else SlideClient(url, model, repository, tiling_dir=tiling_dir)
         manifest = self.client.manifest
         self.manifest = manifest
@@ -52,9 +57,11 @@ class TritonBackend:
             inputs["slides"] = [p for p in inputs["slides"] if Path(p).stem not in unreadable]
             if not inputs["slides"]:
                 inputs.pop("slides")
-        prediction = self.client.predict(**inputs)
-        for message in getattr(self.client, "skipped_slides", None) or []:  # the client's reasons name the slide
-            sid = next((s for s in patient.slides if s in str(message)), None)
+        with self._lock:
+            prediction = self.client.predict(**inputs)
+            messages = list(getattr(self.client, "skipped_slides", None) or [])
+        for message in messages:  # the client's reasons name the slide (the longest id: P-1 is in P-10.svs too)
+            sid = max((s for s in patient.slides if s in str(message)), key=len, default=None)
             if sid is not None:
                 skipped.setdefault(sid, str(message))
         pathology = self.manifest.preprocessing.get("pathology") or {}
