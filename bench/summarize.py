@@ -90,6 +90,11 @@ COLUMNS = (
     Column("encoder_fraction_of_peak", "of peak", lambda v: f"{100 * v:.0f} %"),
     Column("reader_tiles_per_s", "reader tiles/s", _num(0)),
     Column("encoder_over_reader", "encoder/reader rate", _num(2)),
+    Column("speedup_two_workers", "2 workers x 1 thread vs 1 x 1", lambda v: f"{v:.2f}x"),
+    Column("two_workers_over_default", "2 workers vs default threads", lambda v: f"{v:.2f}x"),
+    Column("ray_over_single", "Ray s / single s", lambda v: f"{v:.2f}x"),
+    Column("worker_peak_rss_mib", "peak RSS/worker MiB", _num(0)),
+    Column("ray_cluster_startup_s", "Ray head start-up s", _num(1)),
 )
 
 
@@ -162,6 +167,22 @@ def seed_speedup(engine: str) -> Callable[[dict], tuple[float | None, str]]:
 
 
 ENCODING_INTERLEAVED = "patch encoding, interleaved rounds"
+# bench/test_extract_scaling.py: the same variants as whole CLI runs and in pre-started worker processes
+EXTRACT_CLI = "feature extraction scaling (CLI processes, start-up included)"
+EXTRACT_PRESTARTED = "feature extraction scaling (pre-started workers, no start-up)"
+
+
+def recorded(group: str, key: str, what: str) -> Callable[[dict], tuple[float | None, str]]:
+    """A figure a case recorded in its extra_info (`key`, with `key_rounds` when it is a median of per-round
+    ratios), from the first row of `group` that has it."""
+    def compute(grouped: dict) -> tuple[float | None, str]:
+        for r in grouped.get(group, []):
+            if r.get(key) is not None:
+                rounds = r.get(f"{key}_rounds") or []
+                detail = f"; rounds {', '.join(f'{v:.2f}' for v in rounds)}" if rounds else ""
+                return float(r[key]), f"{what} ({group}{detail})"
+        return None, f"no '{group}' rows in this file"
+    return compute
 
 
 def gpu_large_slide(grouped: dict) -> tuple[float | None, str]:
@@ -243,6 +264,29 @@ TARGETS = (
            None),
     Target("patch reading: direct JPEG tiles in the reader threads vs OpenSlide, caller's thread (for reference)",
            reader_speedup(True), None),
+    Target("feature extraction: 2 worker processes x 1 thread >= 1.6x 1 process x 1 thread (2 cores, CLI start-up "
+           "included)", recorded(EXTRACT_CLI, "speedup_two_workers", "median over interleaved rounds of 1 process, "
+                                 "1 thread s / 2 shards side by side s"), lambda v: v >= 1.6),
+    Target("same, pre-started worker processes (no process start-up)",
+           recorded(EXTRACT_PRESTARTED, "speedup_two_workers", "median over interleaved rounds of 1 process, "
+                    "1 thread s / 2 shards side by side s"), lambda v: v >= 1.6),
+    Target("feature extraction: 2 workers x 1 thread vs 1 process with default threads, CLI (for reference)",
+           recorded(EXTRACT_CLI, "two_workers_over_default", "median over rounds of single default s / 2 shards s"),
+           None),
+    Target("same, pre-started (for reference)",
+           recorded(EXTRACT_PRESTARTED, "two_workers_over_default", "median over rounds of single default s / 2 "
+                    "shards s"), None),
+    Target("feature extraction on Ray (2 CPU actors, running cluster) within 1.25x of the single process, CLI",
+           recorded(EXTRACT_CLI, "ray_over_single", "median over rounds of Ray s / single default-threads s"),
+           lambda v: v <= 1.25),
+    Target("same, pre-started driver (no process start-up)",
+           recorded(EXTRACT_PRESTARTED, "ray_over_single", "median over rounds of Ray s / single default-threads s"),
+           lambda v: v <= 1.25),
+    Target("Ray head start-up, `ray start --head` until its raylet is up (for reference)",
+           recorded(EXTRACT_CLI, "ray_cluster_startup_s", "once per session, not in the ratios"), None, unit=" s"),
+    Target("feature extraction: peak RSS of one worker process (for reference)",
+           recorded(EXTRACT_CLI, "worker_peak_rss_mib", "largest psutil-sampled RSS of a CLI worker or Ray encoder "
+                    "actor"), None, unit=" MiB"),
     Target("load test: zero failed requests", load_failures, lambda v: v == 0, unit=" failed"),
     Target("tiling peak RSS < 2 GiB", tiling_peak, lambda v: v < 2048, unit=" MiB"),
     Target("H100: 10,000-patch slide <= 1.5 s end to end", gpu_large_slide, lambda v: v <= 1.5, unit=" s"),

@@ -89,3 +89,24 @@ def test_gpu_targets_read_the_cuda_rows():
     peak = targets["H100: encoder >= 30 % of bf16 peak"]
     value, how = peak.measure(grouped)
     assert value == 25.0 and not peak.met(value) and "0.80x the reader" in how
+
+
+def test_extraction_targets_read_the_recorded_ratios():
+    """bench/test_extract_scaling.py records its ratios in extra_info; the targets read them, CLI and pre-started."""
+    grouped = summarize.groups({"benchmarks": [
+        _bench(summarize.EXTRACT_CLI, "1 process, 1 thread", 30.0, speedup_two_workers=1.45,
+               speedup_two_workers_rounds=[1.4, 1.5], ray_over_single=1.3, ray_over_single_rounds=[1.2, 1.4],
+               ray_cluster_startup_s=6.5, worker_peak_rss_mib=410.0),
+        _bench(summarize.EXTRACT_PRESTARTED, "1 process, 1 thread", 20.0, speedup_two_workers=1.9,
+               ray_over_single=1.1)]})
+    targets = {t.text: t for t in summarize.TARGETS}
+    cli = next(t for text, t in targets.items() if text.startswith("feature extraction: 2 worker processes"))
+    value, how = cli.measure(grouped)
+    assert value == 1.45 and not cli.met(value) and "1.40, 1.50" in how
+    pre = targets["same, pre-started worker processes (no process start-up)"]
+    assert pre.measure(grouped)[0] == 1.9 and pre.met(1.9)
+    ray = targets["same, pre-started driver (no process start-up)"]
+    assert ray.measure(grouped)[0] == 1.1 and ray.met(1.1)
+    assert summarize.recorded(summarize.EXTRACT_CLI, "nope", "x")(grouped)[0] is None
+    text = "\n".join(summarize.targets_section(grouped))
+    assert "| 6.50 s | - |" in text and "| 410.00 MiB | - |" in text and "| 1.30x | NO |" in text
