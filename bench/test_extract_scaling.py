@@ -21,8 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +41,7 @@ from bench.extract_workers import BATCH_SIZE, ENCODER, INPUT_SIZE, REPLY
 from bench.slides import bench_slide_path, side_for_patches, write_bench_slide
 from bench.summarize import EXTRACT_CLI, EXTRACT_PRESTARTED
 from bench.timing import interleaved
+from tests.ray_head import RAY_ENV, RayHead, local_ray_head
 
 PY = sys.executable
 PATCH_SIZE = 128  # the cpu recipe's patch size
@@ -63,9 +62,7 @@ class Cohort:
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env.update(PYTHONPATH=str(ROOT), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
-               RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    return env
+    return {**env, "PYTHONPATH": str(ROOT), **RAY_ENV}
 
 
 ENV = _env()
@@ -158,49 +155,21 @@ class PeakSampler:
 
 
 # ----------------------------------------------------------------------------------------------------- Ray head
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class RayHead:
-    address: str
-    pid: int
-    startup_s: float
-
-
 @pytest.fixture(scope="module")
-def ray_head():
-    """A real `ray start --head` on 127.0.0.1 with 2 CPUs and no dashboard (None without ray[data]); its start-up
-    (until the raylet is up) timed and reported apart; stopped after (its process group only)."""
+def ray_head(request):
+    """A real `ray start --head` on 127.0.0.1 with 2 CPUs and no dashboard (None without ray[data], and in the CI
+    rehearsal, where a Ray job's ~30 s of fixed cost would buy nothing: tests/train/test_many_slides.py runs the
+    Ray path on a real cluster); its start-up (until the raylet is up) timed and reported apart; stopped after."""
     try:
         import ray.data  # noqa: F401
     except ImportError:
         yield None
         return
-    port = _free_port()
-    temp = Path("/tmp") / f"ray_b{os.getpid()}"  # Ray's socket paths must stay short
-    start = time.perf_counter()
-    head = subprocess.Popen([str(Path(PY).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-                             "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
-                             "--temp-dir", str(temp), "--disable-usage-stats", "--block"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while not any((temp / "session_latest").glob("logs/raylet.out")):
-            assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
-            time.sleep(0.2)
-        yield RayHead(f"127.0.0.1:{port}", head.pid, time.perf_counter() - start)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(5)
-        shutil.rmtree(temp, ignore_errors=True)
+    if benchmarks_disabled(request.config):
+        yield None
+        return
+    with local_ray_head(ENV, "b") as head:
+        yield head
 
 
 # ----------------------------------------------------------------------------------------------------- helpers

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.ray_head import local_ray_head
 from zoo.data.shards import parse_shard, shard_items
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,37 +160,12 @@ def test_stale_locks_are_reclaimed_and_live_ones_respected(cohort, tmp_path, cap
 
 
 # ----------------------------------------------------------------------------------------------------- Ray
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """A real Ray head on 127.0.0.1 with 2 CPUs, no dashboard; stopped (its process group only) after."""
     pytest.importorskip("ray.data", reason="ray[data] is not installed (uv sync --extra ray)")
-    port = _free_port()
-    env = {**ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    temp = Path("/tmp") / f"ray_t{os.getpid()}"  # Ray's socket paths must stay short
-    head = subprocess.Popen([str(Path(PY).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-                             "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
-                             "--temp-dir", str(temp), "--disable-usage-stats", "--block"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while not any((temp / "session_latest").glob("logs/raylet.out")):
-            assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
-            time.sleep(1)
-        yield address, env
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+    with local_ray_head(ENV, "t") as head:
+        yield head.address, head.env
 
 
 def test_ray_pipeline_equals_the_single_process_run(cohort, ray_cluster, tmp_path):
