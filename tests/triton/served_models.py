@@ -45,21 +45,26 @@ def write_checkpoint(name: str, path: Path, cohort: Path, seed: int = 0) -> Path
         raise FileNotFoundError(f"{tiles}: the cohort is not tiled at patch_size {pathology['patch_size']}; "
                                 "COHORT_PATCH_SIZE must match the tiny_cohort fixture's tiling")
     torch.manual_seed(seed)
-    model = entry.build_model("tiny", list(OVERRIDES))
+    model = sensitive_weights(entry.build_model("tiny", list(OVERRIDES)))
+    train = load_clinical_csv(cohort / "train_clinical.csv", entry.clinical_features)
+    clinical = ClinicalPreprocessor(entry.clinical_features).fit(train).to_dict()
+    return save_checkpoint(path, checkpoint_payload(entry, config, model,
+                                                    preprocessing_record(config, model, clinical=clinical)))
+
+
+def sensitive_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Randomised BatchNorm statistics (eval-mode graphs do not reduce to identity normalisation) and zero linear
+    biases: with PyTorch's default random biases the untrained fusion head hardly sees the small pathology and MRI
+    embeddings (their effect on probabilities is ~1e-4, the tolerance); zero biases make every modality move the
+    probabilities by 1e-3..1e-2, so a wrong patch or voxel fails the tests."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
             elif isinstance(module, torch.nn.Linear) and module.bias is not None:
-                # With PyTorch's default random biases the untrained fusion head hardly sees the small pathology
-                # and MRI embeddings (their effect on probabilities is ~1e-4, the tolerance); zero biases make
-                # every modality move the probabilities by 1e-3..1e-2, so a wrong patch or voxel fails the tests.
                 module.bias.zero_()
-    train = load_clinical_csv(cohort / "train_clinical.csv", entry.clinical_features)
-    clinical = ClinicalPreprocessor(entry.clinical_features).fit(train).to_dict()
-    return save_checkpoint(path, checkpoint_payload(entry, config, model,
-                                                    preprocessing_record(config, model, clinical=clinical)))
+    return model
 
 
 def export_entry(name: str, checkpoint: Path, output_dir: Path) -> Path:

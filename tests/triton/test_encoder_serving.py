@@ -12,7 +12,7 @@ import torch
 from export.pipeline import export_checkpoint
 from export.source import Target
 from tests.triton.conftest import MAX_PATCH_BATCH, TOL
-from tests.triton.served_models import COHORT_PATCH_SIZE, LEGACY_ONNX, OVERRIDES, PARITY_SIZES
+from tests.triton.served_models import COHORT_PATCH_SIZE, LEGACY_ONNX, OVERRIDES, PARITY_SIZES, sensitive_weights
 from triton_repo.build import build_repository
 from triton_repo.client import SlideClient
 from triton_repo.plan import BuildOptions
@@ -40,14 +40,7 @@ def served_encoder(request, tiny_cohort, tmp_path_factory):
     torch.manual_seed(3)
     with warnings.catch_warnings():  # weights: random warns (once per process, tests/models/test_encoders.py)
         warnings.simplefilter("ignore", UserWarning)
-        model = entry.build_model("tiny", _overrides(backbone))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-            elif isinstance(module, torch.nn.Linear) and module.bias is not None:
-                module.bias.zero_()  # as served_models.write_checkpoint: every patch moves the probabilities
+        model = sensitive_weights(entry.build_model("tiny", _overrides(backbone)))
     checkpoint = save_checkpoint(root / "outputs" / "best.pt",
                                  checkpoint_payload(entry, entry.config("tiny", _overrides(backbone)), model))
     result = export_checkpoint(Target(checkpoint, ENTRY), LEGACY_ONNX, root / "exports", sizes=PARITY_SIZES,
