@@ -1,6 +1,6 @@
 """Encoders, MIL pooling, fusion and the multimodal model (pure nn.Modules, no I/O).
 
-Imported lazily so that `zoo.models._lookup` and friends stay cheap to import.
+Imported lazily so that importing `zoo.models` stays cheap.
 """
 from __future__ import annotations
 

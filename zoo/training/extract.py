@@ -44,6 +44,7 @@ from zoo.data.feature_files import (
 from zoo.data.patches import iter_patch_batches
 from zoo.data.shards import parse_shard, read_slides_list, select_listed, shard_items
 from zoo.data.tile import SLIDE_SUFFIXES, check_resolution_options, tile_slide
+from zoo.hashing import sha256_file
 from zoo.locks import (
     DEFAULT_LOCK_TIMEOUT_S,
     Heartbeat,
@@ -53,7 +54,7 @@ from zoo.locks import (
     remove_empty_locks_dir,
     try_lock,
 )
-from zoo.training.feature_cache import sha256_file, weights_hash
+from zoo.training.feature_cache import weights_hash
 
 log = logging.getLogger(__name__)
 

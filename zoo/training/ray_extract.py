@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo.data.feature_files import read_coords_file
+from zoo.hashing import sha256_file
 from zoo.locks import (
     DEFAULT_LOCK_TIMEOUT_S,
     Heartbeat,
@@ -44,7 +45,6 @@ from zoo.training.extract import (
     prepare_slide,
     write_slide,
 )
-from zoo.training.feature_cache import sha256_file
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 BATCHES_PER_ACTOR_IN_FLIGHT = 4  # object-store budget: patch batches queued per encoder actor
