@@ -43,6 +43,8 @@ KEY_LABEL = "label"                            # int64 [B]
 AUX_PATHOLOGY_ATTENTION = "pathology_attention"  # [B,N], zero on padding
 AUX_FUSION_ATTENTION = "fusion_attention"        # [B,M] over model.modalities
 AUX_EMBEDDINGS = "embeddings"                    # dict modality -> [B,E]
+AUX_PRESENCE = "presence"                        # bool [B,M] over model.modalities (before modality dropout)
+AUX_UNIMODAL_LOGITS = "unimodal_logits"          # dict modality -> [B,K], with model.fusion.auxiliary_heads
 
 # ImageNet statistics used inside the patch encoder graph.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -31,9 +31,11 @@ def _reject_unknown(modality: str, options: dict[str, Any]) -> None:
 
 
 def _pathology_parts(backbone="resnet50", input_channels=3, pretrained=False, aggregator="attention_mil",
-                     freeze=False, input_size=224, feature_dim=0, weights=None, **rest) -> dict[str, nn.Module]:
+                     freeze=False, input_size=224, feature_dim=0, weights=None, pretraining=None,
+                     **rest) -> dict[str, nn.Module]:
     """`feature_dim` > 0: the MIL pools precomputed D-dim patch features (data.modalities.pathology.features_dir)
-    and there is no patch encoder: the encoder that made the features is not part of the model."""
+    and there is no patch encoder: the encoder that made the features is not part of the model. `pretraining`
+    says how a self-supervised backbone's weights are made (zoo.training.pretrain), not what the model is."""
     aggregator = {"type": aggregator} if isinstance(aggregator, str) else dict(aggregator)
     if int(feature_dim or 0) > 0:
         _reject_unknown("pathology", rest)
@@ -43,9 +45,10 @@ def _pathology_parts(backbone="resnet50", input_channels=3, pretrained=False, ag
     return {"patch_encoder": encoder, "mil": build_mil(encoder.out_dim, **aggregator)}
 
 
-def _mri_parts(backbone="resnet3d_18", input_channels=1, pretrained=False, width=64, **rest) -> dict[str, nn.Module]:
+def _mri_parts(backbone="resnet3d_18", input_channels=1, pretrained=False, width=64, pool="avg",
+               **rest) -> dict[str, nn.Module]:
     _reject_unknown("mri", rest)
-    return {"mri_encoder": build_volume_encoder(backbone, input_channels, pretrained, width)}
+    return {"mri_encoder": build_volume_encoder(backbone, input_channels, pretrained, width, pool)}
 
 
 def _clinical_parts(backbone="mlp", input_dim=2 * len(spec.CLINICAL_FEATURES), hidden_dims=(64, 128, 256),
@@ -69,6 +72,7 @@ class MultiModalModelBuilder:
         self._modalities: dict[str, dict[str, Any]] = {}
         self._fusion: dict[str, Any] = {"fusion_type": "attention", "hidden_dim": 512}
         self._head: dict[str, Any] = {"head_type": "classification", "head_dropout": 0.5}
+        self._auxiliary_heads = False
 
     def add_modality(self, name: str, backbone: str, input_channels: int | None = None, pretrained: bool | str = False,
                      aggregator: str | dict = "attention_mil", input_dim: int | None = None,
@@ -88,9 +92,13 @@ class MultiModalModelBuilder:
         return self
 
     def set_fusion(self, fusion_type: str = "attention", hidden_dim: int = 512, num_heads: int = 8,
-                   dropout: float = 0.1, modality_dropout: float = 0.0) -> "MultiModalModelBuilder":
+                   dropout: float = 0.1, modality_dropout: float = 0.0,
+                   auxiliary_heads: bool = False) -> "MultiModalModelBuilder":
+        """`auxiliary_heads`: a linear classifier per modality on its own embedding, trained alongside (see
+        MultiModalModel); only built when there are two or more modalities."""
         self._fusion = dict(fusion_type=fusion_type, hidden_dim=hidden_dim, num_heads=num_heads, dropout=dropout,
                             modality_dropout=modality_dropout)
+        self._auxiliary_heads = bool(auxiliary_heads)
         return self
 
     def set_head(self, head_type: str = "classification", dropout: float = 0.5) -> "MultiModalModelBuilder":
@@ -107,6 +115,8 @@ class MultiModalModelBuilder:
         model = MultiModalModel(modalities, fusion_head=None, num_classes=self.num_classes, **parts)
         dims = [model.embedding_dims[m] for m in modalities]
         model.fusion_head = FusionHead(dims, self.num_classes, **self._fusion, **self._head)
+        if self._auxiliary_heads and len(modalities) > 1:
+            model.unimodal_heads = nn.ModuleDict({m: nn.Linear(d, self.num_classes) for m, d in zip(modalities, dims)})
         return model
 
 

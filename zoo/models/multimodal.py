@@ -9,11 +9,16 @@ from zoo import spec
 
 class MultiModalModel(nn.Module):
     """Served parts are attributes (None where the modality is absent): patch_encoder, mil, mri_encoder,
-    clinical_encoder, fusion_head. `modalities` is a subset of spec.MODALITIES in canonical order."""
+    clinical_encoder, fusion_head. `modalities` is a subset of spec.MODALITIES in canonical order.
+
+    `unimodal_heads` (training only, never served): one linear classifier per modality on its own embedding. Their
+    logits (aux `unimodal_logits`) get their own loss term (training.loss.auxiliary_weight), so every encoder keeps
+    learning even where the fusion head has come to rely on the strongest modality."""
 
     def __init__(self, modalities: tuple[str, ...], fusion_head: nn.Module, patch_encoder: nn.Module | None = None,
                  mil: nn.Module | None = None, mri_encoder: nn.Module | None = None,
-                 clinical_encoder: nn.Module | None = None, num_classes: int = spec.NUM_CLASSES):
+                 clinical_encoder: nn.Module | None = None, num_classes: int = spec.NUM_CLASSES,
+                 unimodal_heads: nn.ModuleDict | None = None):
         super().__init__()
         self.modalities = tuple(modalities)
         self.num_classes = num_classes
@@ -22,6 +27,7 @@ class MultiModalModel(nn.Module):
         self.mri_encoder = mri_encoder
         self.clinical_encoder = clinical_encoder
         self.fusion_head = fusion_head
+        self.unimodal_heads = unimodal_heads
 
     @property
     def embedding_dims(self) -> dict[str, int]:
@@ -97,4 +103,7 @@ class MultiModalModel(nn.Module):
         logits, fusion_attention = self.fusion_head([embeddings[m] for m in self.modalities], presence)
         aux[spec.AUX_FUSION_ATTENTION] = fusion_attention
         aux[spec.AUX_EMBEDDINGS] = embeddings
+        aux[spec.AUX_PRESENCE] = presence
+        if self.unimodal_heads is not None:
+            aux[spec.AUX_UNIMODAL_LOGITS] = {m: self.unimodal_heads[m](embeddings[m].float()) for m in self.modalities}
         return logits, aux

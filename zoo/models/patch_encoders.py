@@ -12,6 +12,7 @@ path, else foundation models are an error and torchvision backbones follow `pret
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from zoo.models.weights import (
     warn_random_once,
 )
 
+PROVENANCE_FILE = "provenance.json"  # next to self-supervised weights (zoo.training.pretrain writes it)
 PATCH_BACKBONES: dict[str, EncoderRecord] = ENCODERS  # name -> record (kept name: configs call them backbones)
 
 
@@ -67,6 +69,12 @@ def find_weights(record: EncoderRecord) -> tuple[Path | None, str]:
 
 def _no_weights_error(record: EncoderRecord) -> FileNotFoundError:
     defaults = " or ".join(map(str, record.default_weights_paths()))
+    if record.self_supervised:
+        return FileNotFoundError(
+            f"encoder {record.name!r} is pretrained on each cohort's own patches and no weights file was given: "
+            f"training (python -m zoo.train) makes it when absent; or run python -m zoo.pretrain --data-dir <cohort> "
+            f"and set model.modalities.pathology.weights to the model.safetensors it prints, or {record.weights_env}"
+            f"=/path; or weights: random for an explicitly random encoder")
     return FileNotFoundError(
         f"encoder {record.name!r} ({record.architecture}) is a pretrained foundation model and no weights file "
         f"was given or found: set model.modalities.pathology.weights: /path/to/{record.name} weights "
@@ -115,6 +123,21 @@ def resolve_weights(record: EncoderRecord, pretrained: bool | str | None, weight
     return WeightsChoice("file", path, "torch hub cache")
 
 
+def read_provenance(weights_path: Path) -> dict | None:
+    """The provenance.json written next to a weights file by zoo.training.pretrain (cohort, tiling, recipe, seed,
+    sha256), when it is there and describes this very file; else None."""
+    path = Path(weights_path).with_name(PROVENANCE_FILE)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("weights_sha256") != sha256_file(weights_path):
+        return None
+    return record
+
+
 class PatchEncoder(nn.Module):
     """Raw patches in, features out; `freeze=True` fixes the weights and keeps BatchNorm in eval mode."""
 
@@ -134,6 +157,7 @@ class PatchEncoder(nn.Module):
         self.backbone_name = backbone
         choice = resolve_weights(record, pretrained, weights)
         self.weights_sha256: str | None = None
+        self.weights_provenance: dict | None = None
         self.weights_source = choice.how if choice.kind == "file" else choice.kind
         if choice.kind == "file":
             state = read_weights_file(choice.path, backbone)
@@ -144,6 +168,7 @@ class PatchEncoder(nn.Module):
                                      hint=record.weights_hint)
             load_checked(self.trunk, state, assign=True)
             self.weights_sha256 = sha256_file(choice.path)
+            self.weights_provenance = read_provenance(choice.path)
         else:
             self.trunk, self.pool = build_trunk(record, input_size)
             if choice.kind == "random":
@@ -167,7 +192,8 @@ class PatchEncoder(nn.Module):
                 "input_size": self.input_size, "resize_size": self.resize_size, "crop_pct": self.record.crop_pct,
                 "interpolation": self.interpolation, "antialias": False,
                 "normalisation": {"mean": list(self.normalisation[0]), "std": list(self.normalisation[1])},
-                "pooling": self.record.pooling, "weights_sha256": self.weights_sha256}
+                "pooling": self.record.pooling, "weights_sha256": self.weights_sha256,
+                "weights_provenance": self.weights_provenance}
 
     def train(self, mode: bool = True) -> "PatchEncoder":
         super().train(mode)

@@ -3,11 +3,17 @@
 The last axis Z is the thick-slice axis (about 3x the in-plane spacing), so the stem and the first pooling
 neither stride nor mix along Z: after them the voxels are roughly isotropic (e.g. 4 x 4 x 3 mm), and the
 residual stages then downsample all axes alike.
+
+Global pooling: `avg` (the seed's) averages the last feature map over the whole field of view, where a lesion of
+1-5 % of the volume is diluted; `avgmax` appends the global max, so one strongly responding location (the
+lesion's margin, its rim) reaches the embedding whatever its size. With few hundred volumes that is what lets a
+small network learn what intensity statistics of the lesion already show.
 """
 from __future__ import annotations
 
 from functools import partial
 
+import torch
 from torch import nn
 
 from zoo.lookup import lookup
@@ -36,10 +42,13 @@ class BasicBlock3d(nn.Module):
 class ResNet3d(nn.Module):
     """3D ResNet with an anisotropic stem; `width` base channels, stages width x (1, 2, 4, 8)."""
 
-    def __init__(self, blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2), input_channels: int = 1, width: int = 64):
+    def __init__(self, blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2), input_channels: int = 1, width: int = 64,
+                 pool: str = "avg"):
         super().__init__()
         if int(input_channels) < 1 or int(width) < 1:
             raise ValueError(f"mri input_channels and width must be >= 1, got {input_channels}, {width}")
+        if pool not in POOLS:
+            raise ValueError(f"mri pool must be one of {POOLS}, got {pool!r}")
         self.stem = nn.Sequential(
             nn.Conv3d(input_channels, width, kernel_size=(7, 7, 1), stride=(2, 2, 1), padding=(3, 3, 0), bias=False),
             nn.BatchNorm3d(width),
@@ -53,12 +62,17 @@ class ResNet3d(nn.Module):
                        for b in range(n_blocks)]
             cin = cout
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool3d(1)
-        self.out_dim = cin
+        self.pool_type = pool
+        self.out_dim = cin * (2 if pool == "avgmax" else 1)
 
     def forward(self, x):
-        return self.pool(self.stages(self.stem(x.float()))).flatten(1)
+        features = self.stages(self.stem(x.float())).flatten(2)
+        if self.pool_type == "avgmax":
+            return torch.cat([features.mean(-1), features.amax(-1)], dim=1)
+        return features.mean(-1)
 
+
+POOLS = ("avg", "avgmax")
 
 VOLUME_BACKBONES = {
     "resnet3d_18": partial(ResNet3d, (2, 2, 2, 2)),
@@ -67,7 +81,8 @@ VOLUME_BACKBONES = {
 
 
 def build_volume_encoder(backbone: str = "resnet3d_18", input_channels: int = 1, pretrained: bool | str = False,
-                         width: int = 64) -> ResNet3d:
-    encoder = lookup(VOLUME_BACKBONES, backbone, "mri backbone")(input_channels=int(input_channels), width=int(width))
+                         width: int = 64, pool: str = "avg") -> ResNet3d:
+    encoder = lookup(VOLUME_BACKBONES, backbone, "mri backbone")(input_channels=int(input_channels), width=int(width),
+                                                                  pool=str(pool))
     resolve_pretrained(encoder, pretrained, backbone, hub_url=None)
     return encoder

@@ -173,6 +173,28 @@ def cohort_tiling_dir(config: Mapping[str, Any]) -> Path:
                       **resolution_options(p))
 
 
+def prepare_pretrained_encoder(config: dict[str, Any], progress: bool,
+                               log: Callable[[str], None]) -> dict[str, Any] | None:
+    """A self-supervised patch encoder (registry `self_supervised`, e.g. cnn_ssl) without a `weights` file gets the
+    cohort's own label-free artifact, pretrained here when absent (zoo.training.pretrain); the config then names it,
+    so the feature cache, the checkpoint and the export manifest record its sha256 and provenance."""
+    pathology = config["model"]["modalities"].get("pathology")
+    if not pathology or pathology.get("weights") or int(pathology.get("feature_dim") or 0) > 0:
+        return None
+    from zoo.models.encoders import get_record
+
+    record = get_record(pathology["backbone"])
+    if not record.self_supervised:
+        return None
+    from zoo.training.pretrain import PretrainRecipe, ensure_pretrained
+
+    result = ensure_pretrained(config["data"]["data_dir"], cohort_tiling_dir(config), record.name,
+                               int(pathology.get("input_size") or record.input_size),
+                               PretrainRecipe.from_config(pathology["pretraining"]), progress=progress, log=log)
+    pathology["weights"] = str(result.weights)
+    return result.provenance
+
+
 def prepare_feature_cache(config: Mapping[str, Any], model: torch.nn.Module, device: torch.device,
                           progress: bool, log: Callable[[str], None]) -> Path | None:
     if not uses_feature_cache(config) or getattr(model, "patch_encoder", None) is None:
@@ -268,6 +290,11 @@ def run_training(
     from zoo.models import build_model_from_config
 
     prepare_stored_features(config, log)
+    if ddp.is_main_process():
+        prepare_pretrained_encoder(config, progress, log)
+    ddp.barrier()
+    if not ddp.is_main_process():
+        prepare_pretrained_encoder(config, progress=False, log=log)  # rank 0 made it: now only found
     model = build_model_from_config(config["model"])
     feature_dir = prepare_feature_cache(config, model, device, progress, log)
     datasets = make_datasets(config, feature_dir)

@@ -25,6 +25,8 @@ from zoo.atomic import atomic_write_json, atomic_write_text, remove_orphaned_tem
 from zoo.checkpoint import capture_rng_state, checkpoint_payload, load_checkpoint, save_checkpoint
 from zoo.checkpoint import plain as _plain
 from zoo.spec import (
+    AUX_PRESENCE,
+    AUX_UNIMODAL_LOGITS,
     BEST_CHECKPOINT,
     CLASS_NAMES,
     CONFIG_FILE,
@@ -177,6 +179,7 @@ class MultimodalTrainer:
         self.criterion = nn.CrossEntropyLoss(
             weight=class_weights.to(self.device) if class_weights is not None else None,
             label_smoothing=float(loss_cfg.get("label_smoothing", 0.0)))
+        self.auxiliary_weight = float(loss_cfg.get("auxiliary_weight", 0.0) or 0.0)
 
         self.amp_dtype = self._amp_dtype(self.train_cfg.get("mixed_precision", False))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -257,10 +260,10 @@ class MultimodalTrainer:
                 batch = move_to_device(batch, self.device)
                 target = batch[KEY_LABEL]
                 with self._autocast():
-                    logits, _aux = self.model(model_inputs(batch))
+                    logits, aux = self.model(model_inputs(batch))
                 loss = self.criterion(logits.float(), target)
                 if train:
-                    self._optimise(loss)
+                    self._optimise(loss + self.auxiliary_loss(aux, target))
                 n = int(target.shape[0])
                 total_loss += float(loss.detach()) * n
                 total_n += n
@@ -277,6 +280,17 @@ class MultimodalTrainer:
         if total_n == 0:
             raise ValueError(f"{desc or 'a'} loader produced no samples; is the split empty?")
         return EpochOutput(total_loss / total_n, np.concatenate(labels), np.concatenate(probs), list(ids))
+
+    def auxiliary_loss(self, aux: Mapping[str, Any], target: torch.Tensor) -> torch.Tensor | float:
+        """auxiliary_weight x the mean, over modalities, of each unimodal head's loss on the samples that have that
+        modality (0 without unimodal heads). Reported losses stay the fused prediction's alone."""
+        unimodal = aux.get(AUX_UNIMODAL_LOGITS)
+        if not unimodal or self.auxiliary_weight <= 0:
+            return 0.0
+        presence = aux[AUX_PRESENCE].bool()
+        terms = [self.criterion(logits[presence[:, i]].float(), target[presence[:, i]])
+                 for i, logits in enumerate(unimodal.values()) if presence[:, i].any()]
+        return self.auxiliary_weight * torch.stack(terms).mean() if terms else 0.0
 
     def _optimise(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -11,7 +11,8 @@ Families (one module each, `build(record) -> (trunk, pool)`):
   CLAM/TRIDENT's `resnet50_trunc` (ResNet-50 cut after layer3, average-pooled, 1024-d).
 - `timm_vit`: timm VisionTransformers built from a plain architecture name with `pretrained=False` (never an
   `hf-hub:` name, which fetches a config even then).
-- `zoo`: `cnn_tiny`, a 3-conv test encoder.
+- `zoo`: `cnn_tiny`, a 3-conv test encoder; `cnn_ssl`, a small CNN whose weights `python -m zoo.pretrain` makes
+  per cohort, self-supervised and label-free (the `cpu` recipe's patch encoder).
 
 Not registered: Phikon / Phikon-v2 (owkin) ship Hugging Face `transformers` ViTModel checkpoints, and
 `transformers` is not a dependency of this project (it is not installed); their state_dict names do not match
@@ -72,6 +73,7 @@ class EncoderRecord:
     drop_prefixes: tuple[str, ...] = ()  # keys of published files the trunk does not have (classifier, cut layers)
     torchvision_weights: str | None = None  # torchvision weights enum member, e.g. "ResNet50_Weights.DEFAULT"
     weights_url: str | None = None    # that member's URL (its file is looked for in the torch hub cache only)
+    self_supervised: bool = False     # weights made here, label-free, on the cohort's own patches (zoo.pretrain)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -124,6 +126,12 @@ _RECORDS: tuple[EncoderRecord, ...] = (
     # --- zoo family ------------------------------------------------------------------------------------------------
     EncoderRecord("cnn_tiny", "zoo", "cnn_tiny", 32, licence="project code (no published weights)",
                   source="this project: 3 stride-2 conv-BN-ReLU blocks + global average pool, for tests/smoke runs"),
+    EncoderRecord("cnn_ssl", "zoo", "cnn_ssl", 128, input_size=64, requires_weights=True, self_supervised=True,
+                  licence="project code; weights are made per cohort (python -m zoo.pretrain)",
+                  weights_hint="made by python -m zoo.pretrain --data-dir <cohort> (training makes it when absent)",
+                  source="this project: 4 stride-2 conv-BN-ReLU stages (32-64-128-128) + global average pool, "
+                         "SimCLR-pretrained on the cohort's own tissue patches without labels "
+                         "(zoo.training.pretrain); 64 px, ImageNet mean/std"),
     # --- timm ViT family: pathology foundation models --------------------------------------------------------------
     _vit("uni_v1", "vit_large_patch16_224", 1024, patch=16,
          kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5},
