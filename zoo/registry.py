@@ -22,7 +22,8 @@ FAMILY_DIR = CONFIG_DIR / "families"
 RECIPE_DIR = CONFIG_DIR / "recipes"
 RECIPES = spec.RECIPES  # configs/recipes/<recipe>.yaml; named once in zoo.spec
 FUSION_STRATEGIES: tuple[str, ...] = ("concatenate", "gated", "attention", "cross_attention", "bilinear")
-ZOO_VERSION = "1.1"  # 1.1: MIL input standardisation buffers
+# 1.1: MIL input standardisation buffers; 1.2: cpu recipe = cnn_ssl, MRI T1+T2 with tail statistics, auxiliary heads
+ZOO_VERSION = "1.2"
 
 # name suffix -> modality subset (multimodal); "" = all three
 MULTIMODAL_SUBSETS: dict[str, tuple[str, ...]] = {

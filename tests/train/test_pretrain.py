@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from zoo.checkpoint import load_checkpoint
+from zoo.training.pipeline import run_training
 from zoo.training.pretrain import (
     WEIGHTS_FILE,
     PretrainRecipe,
@@ -17,7 +18,6 @@ from zoo.training.pretrain import (
     ensure_pretrained,
     inputs_record,
 )
-from zoo.training.pipeline import run_training
 
 TILING = "ps64_l0_t0.5"
 INPUT_SIZE = 32

@@ -45,10 +45,10 @@ def _pathology_parts(backbone="resnet50", input_channels=3, pretrained=False, ag
     return {"patch_encoder": encoder, "mil": build_mil(encoder.out_dim, **aggregator)}
 
 
-def _mri_parts(backbone="resnet3d_18", input_channels=1, pretrained=False, width=64, pool="avg",
+def _mri_parts(backbone="resnet3d_18", input_channels=1, pretrained=False, width=64, pool="avg", statistics=False,
                **rest) -> dict[str, nn.Module]:
     _reject_unknown("mri", rest)
-    return {"mri_encoder": build_volume_encoder(backbone, input_channels, pretrained, width, pool)}
+    return {"mri_encoder": build_volume_encoder(backbone, input_channels, pretrained, width, pool, statistics)}
 
 
 def _clinical_parts(backbone="mlp", input_dim=2 * len(spec.CLINICAL_FEATURES), hidden_dims=(64, 128, 256),

@@ -8,9 +8,15 @@ Global pooling: `avg` (the seed's) averages the last feature map over the whole 
 1-5 % of the volume is diluted; `avgmax` appends the global max, so one strongly responding location (the
 lesion's margin, its rim) reaches the embedding whatever its size. With few hundred volumes that is what lets a
 small network learn what intensity statistics of the lesion already show.
+
+`statistics=True` appends first-order statistics of each input channel's bright tail (as radiomics does): the
+values at the top 0.1 / 0.5 / 1 / 5 / 10 / 25 % ranks, mean and std of the top 1 % ("hot") voxels and their
+spatial spread along each axis, batch-normalised. They have no weights; the network learns what to make of them
+next to the convolutional features (which see shape and texture). Exportable: top-k, comparisons and sums only.
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -43,7 +49,7 @@ class ResNet3d(nn.Module):
     """3D ResNet with an anisotropic stem; `width` base channels, stages width x (1, 2, 4, 8)."""
 
     def __init__(self, blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2), input_channels: int = 1, width: int = 64,
-                 pool: str = "avg"):
+                 pool: str = "avg", statistics: bool = False):
         super().__init__()
         if int(input_channels) < 1 or int(width) < 1:
             raise ValueError(f"mri input_channels and width must be >= 1, got {input_channels}, {width}")
@@ -63,16 +69,55 @@ class ResNet3d(nn.Module):
             cin = cout
         self.stages = nn.Sequential(*stages)
         self.pool_type = pool
-        self.out_dim = cin * (2 if pool == "avgmax" else 1)
+        self.statistics = TailStatistics(int(input_channels)) if statistics else None
+        self.out_dim = cin * (2 if pool == "avgmax" else 1) + (self.statistics.out_dim if statistics else 0)
 
     def forward(self, x):
         features = self.stages(self.stem(x.float())).flatten(2)
-        if self.pool_type == "avgmax":
-            return torch.cat([features.mean(-1), features.amax(-1)], dim=1)
-        return features.mean(-1)
+        pooled = [features.mean(-1)] + ([features.amax(-1)] if self.pool_type == "avgmax" else [])
+        if self.statistics is not None:
+            pooled.append(self.statistics(x))
+        return torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
 
 
 POOLS = ("avg", "avgmax")
+TAIL_FRACTIONS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25)
+HOT_FRACTION = 0.01
+
+
+class TailStatistics(nn.Module):
+    """[B,C,X,Y,Z] -> [B, C * (len(TAIL_FRACTIONS) + 5)]: tail values, hot mean/std, hot spread per axis."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.per_channel = len(TAIL_FRACTIONS) + 5
+        self.out_dim = channels * self.per_channel
+        self.norm = nn.BatchNorm1d(self.out_dim)
+
+    def forward(self, x):
+        b, c = x.shape[:2]
+        shape = tuple(int(s) for s in x.shape[2:])  # fixed per model (data.modalities.mri.output_shape)
+        flat = x.float().flatten(2)  # [B,C,N]
+        n = math.prod(shape)
+        ranks = [max(1, round(f * n)) - 1 for f in TAIL_FRACTIONS]
+        top = torch.topk(flat, ranks[-1] + 1, dim=-1).values  # descending
+        tail = top[..., ranks]
+        k_hot = max(1, round(HOT_FRACTION * n))
+        hot_values = top[..., :k_hot]
+        threshold = top[..., k_hot - 1:k_hot]
+        hot = (flat >= threshold).float()  # [B,C,N]
+        weight = hot / hot.sum(-1, keepdim=True).clamp_min(1.0)
+        spreads = []
+        for axis, size in enumerate(shape):
+            coord = torch.arange(size, dtype=flat.dtype, device=flat.device)
+            view = [1] * len(shape)
+            view[axis] = size
+            coord = coord.view(view).expand(shape).reshape(1, 1, n)
+            mean = (weight * coord).sum(-1, keepdim=True)
+            spreads.append(((weight * (coord - mean) ** 2).sum(-1)).clamp_min(0).sqrt() / size)
+        stats = torch.cat([tail, hot_values.mean(-1, keepdim=True), hot_values.std(-1, keepdim=True),
+                           torch.stack(spreads, -1)], dim=-1)  # [B,C,per_channel]
+        return self.norm(stats.reshape(b, c * self.per_channel))
 
 VOLUME_BACKBONES = {
     "resnet3d_18": partial(ResNet3d, (2, 2, 2, 2)),
@@ -81,8 +126,8 @@ VOLUME_BACKBONES = {
 
 
 def build_volume_encoder(backbone: str = "resnet3d_18", input_channels: int = 1, pretrained: bool | str = False,
-                         width: int = 64, pool: str = "avg") -> ResNet3d:
+                         width: int = 64, pool: str = "avg", statistics: bool = False) -> ResNet3d:
     encoder = lookup(VOLUME_BACKBONES, backbone, "mri backbone")(input_channels=int(input_channels), width=int(width),
-                                                                  pool=str(pool))
+                                                                  pool=str(pool), statistics=bool(statistics))
     resolve_pretrained(encoder, pretrained, backbone, hub_url=None)
     return encoder

@@ -129,7 +129,7 @@ _RECORDS: tuple[EncoderRecord, ...] = (
     EncoderRecord("cnn_ssl", "zoo", "cnn_ssl", 128, input_size=64, requires_weights=True, self_supervised=True,
                   licence="project code; weights are made per cohort (python -m zoo.pretrain)",
                   weights_hint="made by python -m zoo.pretrain --data-dir <cohort> (training makes it when absent)",
-                  source="this project: 4 stride-2 conv-BN-ReLU stages (32-64-128-128) + global average pool, "
+                  source="this project: 4 stride-2 conv-BN-ReLU stages (16-32-64-128) + global average pool, "
                          "SimCLR-pretrained on the cohort's own tissue patches without labels "
                          "(zoo.training.pretrain); 64 px, ImageNet mean/std"),
     # --- timm ViT family: pathology foundation models --------------------------------------------------------------

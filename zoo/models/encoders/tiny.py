@@ -12,7 +12,7 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-WIDTHS = {"cnn_tiny": (8, 16, 32), "cnn_ssl": (32, 64, 128, 128)}
+WIDTHS = {"cnn_tiny": (8, 16, 32), "cnn_ssl": (16, 32, 64, 128)}
 
 
 def build(record: EncoderRecord, input_size: int | None = None) -> tuple[nn.Module, nn.Module]:
