@@ -30,6 +30,7 @@ CLIS: list[tuple[str, str, tuple[str, ...], list[str]]] = [
     ("python -m zoo config", "zoo.__main__", (), ["config"]),
     ("python -m zoo validate", "zoo.__main__", (), ["validate"]),
     ("python -m zoo.train", "zoo.training.cli", (), []),
+    ("python -m zoo.pretrain", "zoo.training.pretrain_cli", (), []),
     ("python -m zoo.sweep", "zoo.analysis.sweep", (), []),
     ("python -m zoo.crossval", "zoo.analysis.crossval", (), []),
     ("python -m zoo.viz", "zoo.analysis.viz", (), []),

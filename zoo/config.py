@@ -75,10 +75,12 @@ def _dotted_keys(tree: Mapping, prefix: str = "") -> list[str]:
 
 
 def suggest_key(dotted: str) -> str:
-    """' Did you mean ...?' with valid keys sharing the leaf name, then the closest spellings."""
+    """' Did you mean ...?' with valid keys sharing the leaf name (those in the same top-level section first), then
+    the closest spellings."""
     valid = _dotted_keys(_schema())
     leaf = dotted.rsplit(".", 1)[-1]
-    same_leaf = [k for k in valid if k.rsplit(".", 1)[-1] == leaf]
+    section = dotted.split(".", 1)[0]
+    same_leaf = sorted((k for k in valid if k.rsplit(".", 1)[-1] == leaf), key=lambda k: k.split(".", 1)[0] != section)
     return did_you_mean(dotted, valid, prefer=same_leaf)
 
 
