@@ -158,9 +158,13 @@ def test_recipes_set_what_they_promise():
     gpu, cpu, tiny = (get_entry("attention").config(r) for r in ("gpu", "cpu", "tiny"))
     assert gpu["model"]["modalities"]["pathology"]["backbone"] == "resnet50"
     assert gpu["training"]["mixed_precision"] and gpu["training"]["epochs"] == 100
-    assert cpu["model"]["modalities"]["pathology"] | {"backbone": "resnet18", "freeze": True, "pretrained": False} \
+    assert cpu["model"]["modalities"]["pathology"] | {"backbone": "cnn_ssl", "freeze": True, "pretrained": False} \
         == cpu["model"]["modalities"]["pathology"]
     assert cpu["training"]["feature_cache"] and cpu["data"]["batch_size"] == 16
+    assert cpu["data"]["modalities"]["mri"]["sequences"] == ["T1", "T2"]
+    assert cpu["model"]["modalities"]["mri"]["input_channels"] == 2 and cpu["model"]["modalities"]["mri"]["statistics"]
+    assert cpu["model"]["fusion"]["auxiliary_heads"] and cpu["training"]["loss"]["auxiliary_weight"] > 0
+    assert cpu["training"]["loss"]["class_weights"]
     assert tiny["model"]["modalities"]["pathology"]["backbone"] == "cnn_tiny"
     assert tiny["model"]["modalities"]["mri"]["width"] == 4 and tiny["model"]["fusion"]["hidden_dim"] == 16
 

@@ -21,7 +21,7 @@ from zoo.registry import get_entry
 # Parameter counts of the published models (model cards / papers), as built here on the meta device.
 PARAMETERS = {
     "resnet18": 11_176_512, "resnet34": 21_284_672, "resnet50": 23_508_032, "resnet50_trunc": 8_543_296,
-    "cnn_tiny": 6_088, "uni_v1": 303_350_784, "uni_v2": 681_394_176, "virchow2": 631_239_424,
+    "cnn_tiny": 6_088, "cnn_ssl": 97_680, "uni_v1": 303_350_784, "uni_v2": 681_394_176, "virchow2": 631_239_424,
     "gigapath": 1_134_953_984, "hoptimus0": 1_134_774_272, "kaiko_vits8": 21_670_272,
     "kaiko_vits16": 21_665_664, "kaiko_vitb8": 85_807_872, "kaiko_vitb16": 85_798_656,
     "kaiko_vitl14": 304_370_688, "lunit_vits8": 21_670_272,
@@ -63,12 +63,21 @@ def test_registry_declares_the_foundation_models():
     for record in ENCODERS.values():
         assert record.source and record.licence, record.name
         assert record.weights_env == "ZOO_WEIGHTS_" + record.name.upper()
-        assert record.requires_weights == (record.family == "timm_vit"), record.name
+        assert record.requires_weights == (record.family == "timm_vit" or record.self_supervised), record.name
         assert ":" not in record.architecture  # never a hub name
     assert ENCODERS["uni_v1"].weights_env == "ZOO_WEIGHTS_UNI_V1"
     assert ENCODERS["hoptimus0"].mean == (0.707223, 0.578729, 0.703617)
     assert ENCODERS["hoptimus0"].std == (0.211883, 0.230117, 0.177517)
     assert ENCODERS["virchow2"].pooling == "cls_mean"
+
+
+def test_self_supervised_encoder_without_its_artifact_says_how_to_make_it(monkeypatch, tmp_path):
+    from zoo.models.patch_encoders import PatchEncoder
+
+    monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.delenv("ZOO_WEIGHTS_CNN_SSL", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"python -m zoo\.pretrain"):
+        PatchEncoder("cnn_ssl", input_size=64)
 
 
 def test_torchvision_urls_are_torchvisions():
