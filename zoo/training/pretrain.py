@@ -97,8 +97,12 @@ def inputs_record(tiling_dir: Path, backbone: str, input_size: int, recipe: Pret
             "tiling": tiling_dir.name, "recipe": asdict(recipe), "slides": slides}
 
 
+def inputs_sha256(inputs: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
 def artifact_key(inputs: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    return inputs_sha256(inputs)[:16]
 
 
 def artifact_dir(data_dir: str | os.PathLike, tiling_dir: Path, backbone: str, input_size: int, key: str) -> Path:
@@ -228,7 +232,7 @@ def ensure_pretrained(data_dir: str | os.PathLike, tiling_dir: str | os.PathLike
         "encoder": backbone, "method": METHOD, "labels_used": False, "key": key,
         "cohort": str(Path(data_dir).resolve()), "tiling": tiling_dir.name, "input_size": int(input_size),
         "recipe": asdict(recipe), "seed": recipe.seed, "num_slides": used, "num_patches": int(len(patches)),
-        "inputs_sha256": hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(),
+        "inputs_sha256": inputs_sha256(inputs),
         "loss_history": [round(v, 5) for v in history], "train_time_s": round(time.perf_counter() - t0, 1),
         "weights_sha256": sha256_file(staging / WEIGHTS_FILE), "version": PRETRAIN_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__, "host": platform.node(),
