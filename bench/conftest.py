@@ -143,14 +143,15 @@ def calibration_patches(slide_cache: Path, workdir: Path, patch_size: int) -> np
 
 def build_bench_model(recipe: str):
     """(entry, resolved config, model in eval mode) of the bench entry under `recipe`, from a fixed seed with
-    random weights (`BENCH_OVERRIDES`), so no recipe needs a weights file on the machine."""
+    random weights (`BENCH_OVERRIDES`, and no weights file is read: the cpu recipe's self-supervised encoder would
+    need its cohort's artifact), so no recipe needs a weights file on the machine."""
     from zoo.models.builder import build_model_from_config
     from zoo.registry import get_entry
 
     entry = get_entry(ENTRY)
     config = entry.config(recipe, BENCH_OVERRIDES)
     torch.manual_seed(0)
-    return entry, config, build_model_from_config(config["model"]).eval()
+    return entry, config, build_model_from_config(config["model"], load_pretrained=False).eval()
 
 
 class LazyExports(dict):
