@@ -262,3 +262,24 @@ def test_thumbnail_falls_back_to_openslide_when_the_decode_disagrees(tiny_cohort
         monkeypatch.setattr(openslide.OpenSlide, "get_thumbnail", lambda *a: calls.append(a) or get_thumbnail(*a))
         np.testing.assert_array_equal(tile.read_thumbnail(s, path, 300), expected)
     assert len(calls) == 1, "the disagreeing decode was used"
+
+
+def test_a_moved_cohort_reads_its_slides_from_its_own_wsi_raw(tiny_cohort, tmp_path):
+    """Tiling files record absolute slide paths; a cohort folder moved or copied elsewhere must still work."""
+    slide = sorted((tiny_cohort / "wsi_raw").glob("*.svs"))[0]
+    moved = tmp_path / "moved_cohort"
+    (moved / "wsi_raw").mkdir(parents=True)
+    shutil.copy2(slide, moved / "wsi_raw" / slide.name)
+    source = tiling_dir(tiny_cohort, 64, 0, 0.5) / f"{slide.stem}.h5"
+    target = tiling_dir(moved, 64, 0, 0.5) / source.name
+    target.parent.mkdir(parents=True)
+    shutil.copy2(source, target)
+    with h5py.File(target, "a") as f:  # as if the original folder were gone
+        f.attrs["slide_path"] = str(tmp_path / "gone" / "wsi_raw" / slide.name)
+    coords, attrs = tile.load_coords(target)
+    assert attrs["slide_path"] == str(moved / "wsi_raw" / slide.name)
+    np.testing.assert_array_equal(coords, tile.load_coords(source)[0])
+    # Outside the cohort layout nothing is guessed: the recorded path comes back (and fails where it is opened).
+    loose = tmp_path / "loose.h5"
+    shutil.copy2(target, loose)
+    assert tile.load_coords(loose)[1]["slide_path"] == str(tmp_path / "gone" / "wsi_raw" / slide.name)

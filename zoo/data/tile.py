@@ -491,7 +491,18 @@ def load_coords(h5_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
                      for source in (f["coords"].attrs, f.attrs) for k, v in source.items()}  # root (ours) wins
     except OSError as e:
         raise TilingError(f"{h5_path}: unreadable tiling file ({e}); re-run python -m zoo.data.tile --overwrite") from e
+    if "slide_path" in attrs:
+        attrs["slide_path"] = str(relocated_slide(h5_path, Path(str(attrs["slide_path"]))))
     return coords, attrs
+
+
+def relocated_slide(h5_path: Path, recorded: Path) -> Path:
+    """The slide a tiling file was made from: the recorded (absolute) path, or, when the cohort folder was moved or
+    copied, the slide of that name in the cohort layout's <data_dir>/wsi_raw/ beside <data_dir>/wsi_patches/."""
+    if recorded.is_file():
+        return recorded
+    moved = h5_path.resolve().parent.parent.parent / "wsi_raw" / recorded.name
+    return moved if moved.is_file() else recorded
 
 
 def main(argv: Sequence[str] | None = None) -> int:
