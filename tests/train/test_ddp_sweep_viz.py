@@ -159,3 +159,18 @@ def test_leaderboard_reports_each_entrys_fraction_of_the_bayes_ceiling(tmp_path)
     table = leaderboard(pd.DataFrame(rows), found).set_index("entry")
     assert table.loc["attention", "of_ceiling"] == pytest.approx(0.3 / found["path+mri+clin"])
     assert "test F1 / ceiling" in leaderboard_markdown(table.reset_index(), pd.DataFrame())
+
+
+def test_late_fusion_rows_get_the_ceiling_of_their_members_union(tmp_path):
+    from zoo.analysis.sweep import write_ceilings
+    from zoo.data.synthetic.cohort import COHORT_MANIFEST
+    from zoo.registry import get_entry
+
+    (tmp_path / COHORT_MANIFEST).write_text(json.dumps({"params": {
+        "signals": {"pathology": 1.4, "mri": 1.3, "clinical": 0.8}, "missing_mri": 0.04, "missing_wsi": 0.04}}))
+    entries = [get_entry(n) for n in ("pathology_only", "clinical_only", "clinical_norec_only")]
+    found = write_ceilings(tmp_path, tmp_path, entries)
+    # No path+clin entry, but the late fusion of pathology_only and clinical_only is scored as path+clin; the
+    # leakage control (clinical without receptors) is never a late-fusion member.
+    assert set(found) == {"path", "clin", "clin-norec", "path+clin"}
+    assert found["path+clin"] > found["path"] > found["clin"] > found["clin-norec"]

@@ -22,6 +22,7 @@ import re
 import sys
 import time
 import traceback
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -230,6 +231,12 @@ def write_ceilings(out_dir: Path, data_dir: Path, entries: Sequence[Any]) -> dic
     features = {e.name: getattr(e, "clinical_features", CLINICAL_FEATURES) for e in entries}
     subsets = {modality_label(e.modalities, features[e.name]): subset_key(e.modalities, features[e.name])
                for e in entries}
+    # The late-fusion rows average single-modality entries (full clinical table): their unions get a ceiling too.
+    singles = sorted({e.modalities[0] for e in entries
+                      if len(e.modalities) == 1 and set(features[e.name]) == set(CLINICAL_FEATURES)})
+    for size in range(2, len(singles) + 1):
+        for combo in combinations(singles, size):
+            subsets.setdefault(modality_label(combo), subset_key(combo, CLINICAL_FEATURES))
     found = ceilings(model, set(subsets.values()), patients=CEILING_PATIENTS)
     table = {label: round(found[key]["ceiling"], 4) for label, key in subsets.items()}
     atomic_write_json(out_dir / CEILINGS_FILE, table)
