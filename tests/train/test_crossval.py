@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,6 +119,18 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
     assert sweep_main(["--report", str(out)]) == 0  # the k-fold leaderboard and shape are redrawn from disk
     pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv"), board)
     assert (out / "ablation_shape.csv").is_file()
+    # --archive: the results without checkpoints; copied back, --resume reads every run and trains none
+    assert sweep_main(["--archive", str(out), str(tmp_path / "archive")]) == 0
+    kept = [p.relative_to(tmp_path / "archive") for p in (tmp_path / "archive").rglob("*") if p.is_file()]
+    assert not [p for p in kept if p.suffix in (".pt", ".h5") or "tensorboard" in p.parts or "folds" in p.parts]
+    assert Path("runs/clinical_only/seed0/fold2", PREDICTIONS_FILE) in kept and Path("leaderboard.md") in kept
+    shutil.copytree(tmp_path / "archive", tmp_path / "elsewhere" / "sweeps" / "cv")
+    trained = []
+    again = run_sweep(entries, seeds=[0], recipe="tiny", data_dir=easy_cohort, output_root=tmp_path / "elsewhere",
+                      name="cv", overrides=["training.epochs=1"], folds=3, log=lambda _m: None, resume=True,
+                      train_fn=lambda name, **kw: trained.append(name))
+    assert trained == []
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), table.reset_index(drop=True))
 
 
 def test_folds_below_two_are_refused_on_the_command_line(capsys):

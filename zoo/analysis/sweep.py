@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -32,8 +34,9 @@ import pandas as pd
 from zoo.analysis.plots import grouped_bar_chart
 from zoo.atomic import atomic_write_json, atomic_write_text
 from zoo.cli_help import HelpFormatter
-from zoo.spec import CLINICAL_FEATURES, METRICS_FILE, MODALITIES, RECIPES
+from zoo.spec import CLINICAL_FEATURES, CONFIG_FILE, METRICS_FILE, MODALITIES, PREDICTIONS_FILE, RECIPES
 
+OUT_OF_FOLD_FILE = "out_of_fold_metrics.json"  # runs/<entry>/seed<s>/: pooled over the folds
 SHORT_MODALITY = {"pathology": "path", "mri": "mri", "clinical": "clin"}
 RUN_COLUMNS = ["entry", "seed", "fold", "modalities", "fusion", "status", "val_f1", "val_auc", "test_f1", "test_auc",
                "test_accuracy", "params", "train_time_s", "error"]
@@ -181,7 +184,7 @@ def out_of_fold_row(entry: Any, seed: int, fold_rows: list[dict[str, Any]], run_
     if failed:
         return run_row(entry, seed, None, f"{len(failed)} of {len(fold_rows)} folds failed: {failed[0]['error']}")
     metrics = pooled_metrics(out_of_fold_predictions(run_dirs))
-    atomic_write_json(Path(run_dirs[0]).parent / "out_of_fold_metrics.json", metrics)  # per class, confusion matrix
+    atomic_write_json(Path(run_dirs[0]).parent / OUT_OF_FOLD_FILE, metrics)  # per class, confusion matrix
     return run_row(entry, seed, {
         "best_val_f1": float(np.mean([r["val_f1"] for r in fold_rows])),
         "best_val_auc": float(np.mean([r["val_auc"] for r in fold_rows])),
@@ -395,6 +398,33 @@ def _default_data_dir(entry: Any, recipe: str | None, overrides: Sequence[str]) 
     return Path(config["data"]["data_dir"])
 
 
+ARCHIVED_RUN_FILES = (METRICS_FILE, CONFIG_FILE, PREDICTIONS_FILE, OUT_OF_FOLD_FILE)
+ARCHIVED_SUFFIXES = (".csv", ".md", ".json", ".png")
+
+
+def archive_sweep(out_dir: str | Path, dest: str | Path) -> list[Path]:
+    """Copy a sweep's results without its checkpoints, TensorBoard logs and fold views: the tables and charts at
+    its top level and, per run, metrics, resolved config and predictions. Small enough to commit or share; copied
+    back to <root>/sweeps/<name>/, `--resume` continues from it (the finished runs are read, not retrained)."""
+    out_dir, dest = Path(out_dir), Path(dest)
+    if not (out_dir / "runs.csv").is_file():
+        raise FileNotFoundError(f"{out_dir}: no runs.csv; give a sweep folder (<root>/sweeps/<name>)")
+    wanted = [p for p in out_dir.iterdir() if p.is_file() and p.suffix in ARCHIVED_SUFFIXES]
+    from zoo.analysis.late_fusion import LATE_FUSION_DIR
+
+    for sub in ("runs", LATE_FUSION_DIR):
+        wanted += [p for p in sorted((out_dir / sub).rglob("*")) if p.is_file() and p.name in ARCHIVED_RUN_FILES]
+    copied = []
+    for path in wanted:
+        target = dest / path.relative_to(out_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copy2(path, tmp)
+        os.replace(tmp, target)
+        copied.append(target)
+    return copied
+
+
 def _entry(name: str) -> Any:
     from zoo.registry import get_entry
 
@@ -410,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="keep the runs of an interrupted sweep that finished (their metrics.json exists)")
     parser.add_argument("--report", metavar="SWEEP_DIR", default=None,
                         help="no training: rewrite SWEEP_DIR's leaderboard and charts from its runs.csv")
+    parser.add_argument("--archive", nargs=2, metavar=("SWEEP_DIR", "DEST"), default=None,
+                        help="no training: copy SWEEP_DIR's results without checkpoints to DEST (to commit or "
+                             "share; copied back, --resume continues from it)")
     parser.add_argument("--recipe", choices=RECIPES, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--folds", type=int, default=None, metavar="K",
@@ -422,6 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = report_sweep(args.report)
         print((Path(args.report) / "leaderboard.md").read_text())
         return 0 if not table.empty else 1
+    if args.archive:
+        copied = archive_sweep(*args.archive)
+        print(f"{len(copied)} files of {args.archive[0]} copied to {args.archive[1]}")
+        return 0
     overrides = [p for p in args.patterns if "=" in p]
     patterns = [p for p in args.patterns if "=" not in p]
     if not patterns:
