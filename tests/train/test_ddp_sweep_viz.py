@@ -12,6 +12,8 @@ import pytest
 
 from zoo.analysis.sweep import leaderboard, run_sweep
 from zoo.analysis.viz import main as viz_main
+from zoo.registry import get_entry
+from zoo.spec import METRICS_FILE
 from zoo.training.pipeline import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +87,15 @@ def test_sweep_writes_leaderboard_and_charts_and_survives_a_failed_entry(easy_co
                         log=lambda _m: None)
     assert trained == ["mri_only"]
     pd.testing.assert_frame_equal(resumed.reset_index(drop=True), table.reset_index(drop=True))
+    # a run finished at another entry version is not mixed into the table: it is trained again
+    finished = out / "runs" / "clinical_only" / "seed0" / METRICS_FILE
+    assert json.loads(finished.read_text())["version"] == get_entry("clinical_only").version
+    finished.write_text(json.dumps({**json.loads(finished.read_text()), "version": "0.9"}))
+    trained.clear()
+    run_sweep(["concatenate", "clinical_only"], seeds=[0], recipe="tiny", data_dir=easy_cohort, output_root=tmp_path,
+              name="t", overrides=["training.epochs=1"], resume=True,
+              train_fn=lambda name, **kw: trained.append(name) or train_or_fail(name, **kw), log=lambda _m: None)
+    assert trained == ["clinical_only"]
 
 
 def test_leaderboard_aggregates_seeds_and_skips_failures():

@@ -307,8 +307,9 @@ def run_sweep(
 ) -> pd.DataFrame:
     """Train each matching entry for each seed; returns the leaderboard (also written to disk after every run).
 
-    With `resume`, a run whose metrics.json is already written (it finished: the trainer writes it last) is
-    read back instead of trained again, so an interrupted sweep continues where it stopped."""
+    With `resume`, a run whose metrics.json is already written (it finished: the trainer writes it last) at the
+    entry's current version is read back instead of trained again, so an interrupted sweep continues where it
+    stopped; one finished at another entry version is trained again."""
     from zoo.registry import list_entries
     from zoo.training.pipeline import run_training
 
@@ -337,9 +338,13 @@ def run_sweep(
                 run_dirs.append(run_dir)
                 t0 = time.perf_counter()
                 if resume and (run_dir / METRICS_FILE).is_file():
-                    fold_rows.append(run_row(entry, seed, json.loads((run_dir / METRICS_FILE).read_text()), fold=fold))
-                    log(f"{where}: finished earlier, read from {run_dir / METRICS_FILE}")
-                    continue
+                    finished = json.loads((run_dir / METRICS_FILE).read_text())
+                    if str(finished.get("version", entry.version)) == entry.version:  # runs before 1.3 record none
+                        fold_rows.append(run_row(entry, seed, finished, fold=fold))
+                        log(f"{where}: finished earlier, read from {run_dir / METRICS_FILE}")
+                        continue
+                    log(f"{where}: finished earlier at entry version {finished['version']!r}, the zoo's is "
+                        f"{entry.version!r}: trained again")
                 try:
                     result = train_fn(entry.name, recipe=recipe, data_dir=view if folds else data_dir,
                                       output_dir=run_dir,

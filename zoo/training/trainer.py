@@ -438,6 +438,7 @@ class MultimodalTrainer:
     def _finish(self) -> dict[str, Any]:
         result: dict[str, Any] = {
             "entry": self.entry_name,
+            "version": self.entry_version,
             "best_val_f1": self.best_val.get("f1_macro", float("nan")) if self.select_key == "f1_macro"
             else max((h["val_f1_macro"] for h in self.history), default=float("nan")),
             "best_val_auc": self.best_val.get("auc_macro_ovr", float("nan")),
