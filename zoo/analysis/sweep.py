@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from zoo.analysis.plots import grouped_bar_chart
-from zoo.atomic import atomic_write_json, atomic_write_text
+from zoo.atomic import atomic_write, atomic_write_json, atomic_write_text
 from zoo.cli_help import HelpFormatter
 from zoo.spec import CLINICAL_FEATURES, CONFIG_FILE, METRICS_FILE, MODALITIES, PREDICTIONS_FILE, RECIPES
 
@@ -419,15 +418,8 @@ def archive_sweep(out_dir: str | Path, dest: str | Path) -> list[Path]:
 
     for sub in ("runs", LATE_FUSION_DIR):
         wanted += [p for p in sorted((out_dir / sub).rglob("*")) if p.is_file() and p.name in ARCHIVED_RUN_FILES]
-    copied = []
-    for path in wanted:
-        target = dest / path.relative_to(out_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copy2(path, tmp)
-        os.replace(tmp, target)
-        copied.append(target)
-    return copied
+    return [atomic_write(dest / path.relative_to(out_dir), lambda tmp, src=path: shutil.copy2(src, tmp))
+            for path in wanted]
 
 
 def _entry(name: str) -> Any:
@@ -442,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("patterns", nargs="*", help="fnmatch patterns over entry names, e.g. 'attention*' '*_only'; "
                                                     "key=value arguments are config overrides for every run")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the runs of an interrupted sweep that finished (their metrics.json exists)")
+                        help="keep the runs of an interrupted sweep that finished (their metrics.json exists, at the "
+                             "entry's current version)")
     parser.add_argument("--report", metavar="SWEEP_DIR", default=None,
                         help="no training: rewrite SWEEP_DIR's leaderboard and charts from its runs.csv")
     parser.add_argument("--archive", nargs=2, metavar=("SWEEP_DIR", "DEST"), default=None,
