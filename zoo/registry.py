@@ -23,8 +23,9 @@ RECIPE_DIR = CONFIG_DIR / "recipes"
 RECIPES = spec.RECIPES  # configs/recipes/<recipe>.yaml; named once in zoo.spec
 FUSION_STRATEGIES: tuple[str, ...] = ("concatenate", "gated", "attention", "cross_attention", "bilinear")
 # 1.1: MIL input standardisation buffers; 1.2: cpu recipe = cnn_ssl, MRI T1+T2 with tail statistics, auxiliary heads;
-# 1.3: cpu recipe learning rate 5e-4 -> 2e-3 (the heads were undertrained in 30 epochs)
-ZOO_VERSION = "1.3"
+# 1.3: cpu recipe learning rate 5e-4 -> 2e-3 (the heads were undertrained in 30 epochs);
+# 1.4: cpu recipe MRI GroupNorm + gated network features, unimodal warm start of the fusion entries
+ZOO_VERSION = "1.4"
 
 # name suffix -> modality subset (multimodal); "" = all three
 MULTIMODAL_SUBSETS: dict[str, tuple[str, ...]] = {

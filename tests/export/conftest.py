@@ -23,20 +23,24 @@ def clinical_preprocessor(features) -> dict:
     return ClinicalPreprocessor(features).fit(table).to_dict()
 
 
-def write_tiny_checkpoint(name: str, path: Path, seed: int = 0, version: str | None = None) -> Path:
+def write_tiny_checkpoint(name: str, path: Path, seed: int = 0, version: str | None = None,
+                          overrides: tuple[str, ...] = ()) -> Path:
     """A checkpoint of `name` under the tiny recipe, in the format zoo.training.trainer writes (zoo.checkpoint)."""
     from zoo.checkpoint import checkpoint_payload, preprocessing_record, save_checkpoint
     from zoo.registry import get_entry
 
     entry = get_entry(name)
-    config = entry.config("tiny", list(TEST_OVERRIDES))
+    overrides = [*TEST_OVERRIDES, *overrides]
+    config = entry.config("tiny", overrides)
     torch.manual_seed(seed)
-    model = entry.build_model("tiny", list(TEST_OVERRIDES))
+    model = entry.build_model("tiny", overrides)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode graphs are not identity-normalised
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
+        if getattr(model.fusion_head, "late_residual", False):  # a trained fused term is not the initial zero
+            model.fusion_head.head.net[-1].weight.normal_()
         if model.mil is not None:  # fitted input standardisation, as a feature-cache run leaves it
             d = model.mil.in_dim
             model.mil.set_input_standardization(torch.rand(d) - 0.5, torch.rand(d) + 0.5)

@@ -78,3 +78,19 @@ def test_probabilities_are_a_distribution(tiny_checkpoint, sizes, tmp_path):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert (probabilities >= 0).all()
     np.testing.assert_allclose(attention[1], [0.0, 1.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("entry", ["attention", "bilinear-path_mri"])
+def test_late_residual_exports_with_parity(entry, sizes, tmp_path):
+    """With model.fusion.late_residual the unimodal heads are part of the served fusion head."""
+    from tests.export.conftest import write_tiny_checkpoint
+
+    late = ("model.fusion.auxiliary_heads=true", "model.fusion.late_residual=true")
+    checkpoint = write_tiny_checkpoint(entry, tmp_path / "outputs" / entry / "best.pt", overrides=late)
+    result = export_checkpoint(Target(checkpoint, entry), LEGACY_ONNX, tmp_path / "export", sizes=sizes,
+                               progress=False)
+    assert result.passed, result.report.to_markdown()
+    graph = onnx.load(str(tmp_path / "export" / entry / "fusion_head.onnx")).graph
+    class_rows = [tuple(t.dims) for t in graph.initializer if len(t.dims) == 2 and t.dims[0] == 4]
+    modalities = load_manifest(tmp_path / "export" / entry)["modalities"]
+    assert len(class_rows) == 1 + len(modalities), class_rows  # the fused classifier and one head per modality

@@ -46,9 +46,10 @@ def _pathology_parts(backbone="resnet50", input_channels=3, pretrained=False, ag
 
 
 def _mri_parts(backbone="resnet3d_18", input_channels=1, pretrained=False, width=64, pool="avg", statistics=False,
-               **rest) -> dict[str, nn.Module]:
+               norm="batch", cnn_gate=False, **rest) -> dict[str, nn.Module]:
     _reject_unknown("mri", rest)
-    return {"mri_encoder": build_volume_encoder(backbone, input_channels, pretrained, width, pool, statistics)}
+    return {"mri_encoder": build_volume_encoder(backbone, input_channels, pretrained, width, pool, statistics, norm,
+                                                cnn_gate)}
 
 
 def _clinical_parts(backbone="mlp", input_dim=2 * len(spec.CLINICAL_FEATURES), hidden_dims=(64, 128, 256),
@@ -72,7 +73,6 @@ class MultiModalModelBuilder:
         self._modalities: dict[str, dict[str, Any]] = {}
         self._fusion: dict[str, Any] = {"fusion_type": "attention", "hidden_dim": 512}
         self._head: dict[str, Any] = {"head_type": "classification", "head_dropout": 0.5}
-        self._auxiliary_heads = False
 
     def add_modality(self, name: str, backbone: str, input_channels: int | None = None, pretrained: bool | str = False,
                      aggregator: str | dict = "attention_mil", input_dim: int | None = None,
@@ -92,13 +92,14 @@ class MultiModalModelBuilder:
         return self
 
     def set_fusion(self, fusion_type: str = "attention", hidden_dim: int = 512, num_heads: int = 8,
-                   dropout: float = 0.1, modality_dropout: float = 0.0,
-                   auxiliary_heads: bool = False) -> "MultiModalModelBuilder":
-        """`auxiliary_heads`: a linear classifier per modality on its own embedding, trained alongside (see
-        MultiModalModel); only built when there are two or more modalities."""
+                   dropout: float = 0.1, modality_dropout: float = 0.0, auxiliary_heads: bool = False,
+                   late_residual: bool = False) -> "MultiModalModelBuilder":
+        """`auxiliary_heads`: a linear classifier per modality on its own embedding, trained alongside; only built
+        when there are two or more modalities. `late_residual`: the served logits are those classifiers' mean plus
+        the fused term (see zoo.models.fusion.FusionHead)."""
         self._fusion = dict(fusion_type=fusion_type, hidden_dim=hidden_dim, num_heads=num_heads, dropout=dropout,
-                            modality_dropout=modality_dropout)
-        self._auxiliary_heads = bool(auxiliary_heads)
+                            modality_dropout=modality_dropout, auxiliary_heads=bool(auxiliary_heads),
+                            late_residual=bool(late_residual))
         return self
 
     def set_head(self, head_type: str = "classification", dropout: float = 0.5) -> "MultiModalModelBuilder":
@@ -115,8 +116,6 @@ class MultiModalModelBuilder:
         model = MultiModalModel(modalities, fusion_head=None, num_classes=self.num_classes, **parts)
         dims = [model.embedding_dims[m] for m in modalities]
         model.fusion_head = FusionHead(dims, self.num_classes, **self._fusion, **self._head)
-        if self._auxiliary_heads and len(modalities) > 1:
-            model.unimodal_heads = nn.ModuleDict({m: nn.Linear(d, self.num_classes) for m, d in zip(modalities, dims)})
         return model
 
 

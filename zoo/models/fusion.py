@@ -203,6 +203,11 @@ class ClassificationHead(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
 
+    def zero_init(self) -> None:
+        """Output 0 for every input until trained (the fused term of a late-residual head starts silent)."""
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
     def forward(self, x):
         return self.net(x)
 
@@ -210,13 +215,31 @@ class ClassificationHead(nn.Module):
 HEADS = {"classification": ClassificationHead}
 
 
+def late_fusion_logits(unimodal: list[torch.Tensor], presence: torch.Tensor) -> torch.Tensor:
+    """Mean of the present modalities' logits [B,K] (0 for a row with nothing present)."""
+    present = presence.float()
+    total = torch.einsum("bm,bmk->bk", present, torch.stack(unimodal, dim=1))
+    return total / present.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
 class FusionHead(nn.Module):
-    """(embeddings in model.modalities order, presence [B,M]) -> (logits [B,K], fusion_attention [B,M])."""
+    """(embeddings in model.modalities order, presence [B,M]) -> (logits [B,K], fusion_attention [B,M]).
+
+    `auxiliary_heads` (two or more modalities): a linear classifier per modality on its own embedding
+    (`unimodal_logits`), trained by its own loss term (training.loss.auxiliary_weight) so every encoder keeps
+    learning where the fused classifier relies on the strongest modality. By default they are training-only.
+    `late_residual`: the served logits are the mean of the present modalities' unimodal logits (late fusion, as
+    the late-fusion baseline averages single-modality models) plus the strategy's fused term, whose classifier
+    starts at zero: the model begins as late fusion and the fusion strategy learns only what the modalities add
+    together. Fusion attention still comes from the strategy."""
 
     def __init__(self, dims: list[int], num_classes: int, fusion_type: str = "attention", hidden_dim: int = 512,
                  num_heads: int = 8, dropout: float = 0.1, modality_dropout: float = 0.0,
-                 head_type: str = "classification", head_dropout: float = 0.5):
+                 head_type: str = "classification", head_dropout: float = 0.5, auxiliary_heads: bool = False,
+                 late_residual: bool = False):
         super().__init__()
+        if late_residual and not auxiliary_heads:
+            raise ValueError("fusion late_residual needs auxiliary_heads: true (the late term is their logits)")
         if len(dims) == 1:
             fusion_type = "identity"
         elif fusion_type == "identity":
@@ -228,10 +251,21 @@ class FusionHead(nn.Module):
         self.fusion = fusion_class(list(dims), int(hidden_dim), int(num_heads), float(dropout))
         self.head = lookup(HEADS, head_type, "head type")(self.fusion.out_dim, int(num_classes), float(head_dropout))
         self.modality_dropout = float(modality_dropout)
+        self.unimodal_heads = (nn.ModuleList(nn.Linear(d, int(num_classes)) for d in dims)
+                               if auxiliary_heads and len(dims) > 1 else None)
+        self.late_residual = bool(late_residual) and self.unimodal_heads is not None
+        if self.late_residual:
+            self.head.zero_init()
+
+    def unimodal_logits(self, embeddings: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [head(e.float()) for head, e in zip(self.unimodal_heads, embeddings)]
 
     def forward(self, embeddings: list[torch.Tensor], presence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         presence = presence.bool()
         if self.training and self.modality_dropout > 0:
             presence = drop_modalities(presence, self.modality_dropout)
         fused, weights = self.fusion(embeddings, presence)
-        return self.head(fused), weights
+        logits = self.head(fused)
+        if self.late_residual:
+            logits = logits + late_fusion_logits(self.unimodal_logits(embeddings), presence)
+        return logits, weights

@@ -11,14 +11,12 @@ class MultiModalModel(nn.Module):
     """Served parts are attributes (None where the modality is absent): patch_encoder, mil, mri_encoder,
     clinical_encoder, fusion_head. `modalities` is a subset of spec.MODALITIES in canonical order.
 
-    `unimodal_heads` (training only, never served): one linear classifier per modality on its own embedding. Their
-    logits (aux `unimodal_logits`) get their own loss term (training.loss.auxiliary_weight), so every encoder keeps
-    learning even where the fusion head has come to rely on the strongest modality."""
+    The fusion head's per-modality classifiers (model.fusion.auxiliary_heads, zoo.models.fusion.FusionHead) give
+    aux `unimodal_logits`, which training gives their own loss term."""
 
     def __init__(self, modalities: tuple[str, ...], fusion_head: nn.Module, patch_encoder: nn.Module | None = None,
                  mil: nn.Module | None = None, mri_encoder: nn.Module | None = None,
-                 clinical_encoder: nn.Module | None = None, num_classes: int = spec.NUM_CLASSES,
-                 unimodal_heads: nn.ModuleDict | None = None):
+                 clinical_encoder: nn.Module | None = None, num_classes: int = spec.NUM_CLASSES):
         super().__init__()
         self.modalities = tuple(modalities)
         self.num_classes = num_classes
@@ -27,7 +25,18 @@ class MultiModalModel(nn.Module):
         self.mri_encoder = mri_encoder
         self.clinical_encoder = clinical_encoder
         self.fusion_head = fusion_head
-        self.unimodal_heads = unimodal_heads
+        self._register_load_state_dict_pre_hook(self._legacy_unimodal_keys)
+
+    def _legacy_unimodal_keys(self, state_dict, prefix, *_args) -> None:
+        # entry versions 1.2-1.3 kept the per-modality heads on the model (unimodal_heads.<modality>.*)
+        for i, modality in enumerate(self.modalities):
+            old = f"{prefix}unimodal_heads.{modality}."
+            for key in [k for k in state_dict if k.startswith(old)]:
+                state_dict[f"{prefix}fusion_head.unimodal_heads.{i}.{key[len(old):]}"] = state_dict.pop(key)
+
+    @property
+    def has_unimodal_heads(self) -> bool:
+        return getattr(self.fusion_head, "unimodal_heads", None) is not None
 
     @property
     def embedding_dims(self) -> dict[str, int]:
@@ -104,6 +113,7 @@ class MultiModalModel(nn.Module):
         aux[spec.AUX_FUSION_ATTENTION] = fusion_attention
         aux[spec.AUX_EMBEDDINGS] = embeddings
         aux[spec.AUX_PRESENCE] = presence
-        if self.unimodal_heads is not None:
-            aux[spec.AUX_UNIMODAL_LOGITS] = {m: self.unimodal_heads[m](embeddings[m].float()) for m in self.modalities}
+        if self.has_unimodal_heads:
+            ordered = [embeddings[m] for m in self.modalities]
+            aux[spec.AUX_UNIMODAL_LOGITS] = dict(zip(self.modalities, self.fusion_head.unimodal_logits(ordered)))
         return logits, aux

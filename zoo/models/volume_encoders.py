@@ -13,6 +13,12 @@ small network learn what intensity statistics of the lesion already show.
 values at the top 0.1 / 0.5 / 1 / 5 / 10 / 25 % ranks, mean and std of the top 1 % ("hot") voxels and their
 spatial spread along each axis, batch-normalised. They have no weights; the network learns what to make of them
 next to the convolutional features (which see shape and texture). Exportable: top-k, comparisons and sums only.
+
+`norm="group"` puts GroupNorm where the seed's ResNet has BatchNorm: with batches of 16 volumes the batch
+statistics are noisy, and the running averages used in evaluation lag the weights (out-of-fold validation losses
+of 1.3's MRI entry jumped to 5-200 in early epochs). `cnn_gate=True` multiplies the convolutional features by a
+learnable scalar that starts at 0 (as ReZero does for residual branches): training starts from the read-out of
+the statistics, which a few hundred volumes suffice for, and the network's features enter as far as they help.
 """
 from __future__ import annotations
 
@@ -26,17 +32,24 @@ from zoo.lookup import lookup
 from zoo.models.weights import resolve_pretrained
 
 
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(max(1, min(8, channels // 4)), channels)
+
+
+NORMS = {"batch": nn.BatchNorm3d, "group": group_norm}
+
+
 class BasicBlock3d(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, norm=nn.BatchNorm3d):
         super().__init__()
         self.conv1 = nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm3d(cout)
+        self.bn1 = norm(cout)
         self.conv2 = nn.Conv3d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm3d(cout)
+        self.bn2 = norm(cout)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = (
             nn.Identity() if stride == 1 and cin == cout
-            else nn.Sequential(nn.Conv3d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm3d(cout))
+            else nn.Sequential(nn.Conv3d(cin, cout, 1, stride=stride, bias=False), norm(cout))
         )
 
     def forward(self, x):
@@ -49,32 +62,39 @@ class ResNet3d(nn.Module):
     """3D ResNet with an anisotropic stem; `width` base channels, stages width x (1, 2, 4, 8)."""
 
     def __init__(self, blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2), input_channels: int = 1, width: int = 64,
-                 pool: str = "avg", statistics: bool = False):
+                 pool: str = "avg", statistics: bool = False, norm: str = "batch", cnn_gate: bool = False):
         super().__init__()
         if int(input_channels) < 1 or int(width) < 1:
             raise ValueError(f"mri input_channels and width must be >= 1, got {input_channels}, {width}")
         if pool not in POOLS:
             raise ValueError(f"mri pool must be one of {POOLS}, got {pool!r}")
+        norm_layer = lookup(NORMS, norm, "mri norm")
+        if cnn_gate and not statistics:
+            raise ValueError("mri cnn_gate needs statistics: true (the gate starts the network at the statistics' "
+                             "read-out; without them the embedding would start at zero)")
         self.stem = nn.Sequential(
             nn.Conv3d(input_channels, width, kernel_size=(7, 7, 1), stride=(2, 2, 1), padding=(3, 3, 0), bias=False),
-            nn.BatchNorm3d(width),
+            norm_layer(width),
             nn.ReLU(inplace=True),
             nn.MaxPool3d(kernel_size=(3, 3, 1), stride=(2, 2, 1), padding=(1, 1, 0)),
         )
         stages, cin = [], width
         for i, n_blocks in enumerate(blocks_per_stage):
             cout = width * 2 ** i
-            stages += [BasicBlock3d(cin if b == 0 else cout, cout, stride=1 if i == 0 or b > 0 else 2)
+            stages += [BasicBlock3d(cin if b == 0 else cout, cout, stride=1 if i == 0 or b > 0 else 2, norm=norm_layer)
                        for b in range(n_blocks)]
             cin = cout
         self.stages = nn.Sequential(*stages)
         self.pool_type = pool
         self.statistics = TailStatistics(int(input_channels)) if statistics else None
+        self.cnn_gate = nn.Parameter(torch.zeros(1)) if cnn_gate else None
         self.out_dim = cin * (2 if pool == "avgmax" else 1) + (self.statistics.out_dim if statistics else 0)
 
     def forward(self, x):
         features = self.stages(self.stem(x.float())).flatten(2)
         pooled = [features.mean(-1)] + ([features.amax(-1)] if self.pool_type == "avgmax" else [])
+        if self.cnn_gate is not None:
+            pooled = [self.cnn_gate * p for p in pooled]
         if self.statistics is not None:
             pooled.append(self.statistics(x))
         return torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
@@ -126,8 +146,10 @@ VOLUME_BACKBONES = {
 
 
 def build_volume_encoder(backbone: str = "resnet3d_18", input_channels: int = 1, pretrained: bool | str = False,
-                         width: int = 64, pool: str = "avg", statistics: bool = False) -> ResNet3d:
-    encoder = lookup(VOLUME_BACKBONES, backbone, "mri backbone")(input_channels=int(input_channels), width=int(width),
-                                                                  pool=str(pool), statistics=bool(statistics))
+                         width: int = 64, pool: str = "avg", statistics: bool = False, norm: str = "batch",
+                         cnn_gate: bool = False) -> ResNet3d:
+    encoder = lookup(VOLUME_BACKBONES, backbone, "mri backbone")(
+        input_channels=int(input_channels), width=int(width), pool=str(pool), statistics=bool(statistics),
+        norm=str(norm), cnn_gate=bool(cnn_gate))
     resolve_pretrained(encoder, pretrained, backbone, hub_url=None)
     return encoder

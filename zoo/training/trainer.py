@@ -180,6 +180,16 @@ class MultimodalTrainer:
             weight=class_weights.to(self.device) if class_weights is not None else None,
             label_smoothing=float(loss_cfg.get("label_smoothing", 0.0)))
         self.auxiliary_weight = float(loss_cfg.get("auxiliary_weight", 0.0) or 0.0)
+        # Unimodal warm start: the first warm_start_epochs train each encoder on its own auxiliary head only (the
+        # fused head is left alone and no checkpoint is selected), then fusion trains on encoders that already
+        # carry their modality's signal. A no-op for a model without unimodal heads (one modality).
+        self.warm_start_epochs = int(self.train_cfg.get("warm_start_epochs", 0) or 0)
+        if self.warm_start_epochs < 0 or (self.warm_start_epochs and self.warm_start_epochs >= self.epochs):
+            raise ValueError(f"training.warm_start_epochs={self.warm_start_epochs} must be >= 0 and below "
+                             f"training.epochs={self.epochs} (fusion needs epochs after the warm start)")
+        if not getattr(self.module, "has_unimodal_heads", False):
+            self.warm_start_epochs = 0
+        self._warming = False
 
         self.amp_dtype = self._amp_dtype(self.train_cfg.get("mixed_precision", False))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -263,7 +273,8 @@ class MultimodalTrainer:
                     logits, aux = self.model(model_inputs(batch))
                 loss = self.criterion(logits.float(), target)
                 if train:
-                    self._optimise(loss + self.auxiliary_loss(aux, target))
+                    self._optimise(self.unimodal_loss(aux, target) if self._warming
+                                   else loss + self.auxiliary_weight * self.unimodal_loss(aux, target))
                 n = int(target.shape[0])
                 total_loss += float(loss.detach()) * n
                 total_n += n
@@ -281,16 +292,16 @@ class MultimodalTrainer:
             raise ValueError(f"{desc or 'a'} loader produced no samples; is the split empty?")
         return EpochOutput(total_loss / total_n, np.concatenate(labels), np.concatenate(probs), list(ids))
 
-    def auxiliary_loss(self, aux: Mapping[str, Any], target: torch.Tensor) -> torch.Tensor | float:
-        """auxiliary_weight x the mean, over modalities, of each unimodal head's loss on the samples that have that
-        modality (0 without unimodal heads). Reported losses stay the fused prediction's alone."""
+    def unimodal_loss(self, aux: Mapping[str, Any], target: torch.Tensor) -> torch.Tensor | float:
+        """The mean, over modalities, of each unimodal head's loss on the samples that have that modality (0
+        without unimodal heads). Reported losses stay the fused prediction's alone."""
         unimodal = aux.get(AUX_UNIMODAL_LOGITS)
-        if not unimodal or self.auxiliary_weight <= 0:
+        if not unimodal:
             return 0.0
         presence = aux[AUX_PRESENCE].bool()
         terms = [self.criterion(logits[presence[:, i]].float(), target[presence[:, i]])
                  for i, logits in enumerate(unimodal.values()) if presence[:, i].any()]
-        return self.auxiliary_weight * torch.stack(terms).mean() if terms else 0.0
+        return torch.stack(terms).mean() if terms else 0.0
 
     def _optimise(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -394,16 +405,17 @@ class MultimodalTrainer:
 
     def _run_one_epoch(self, epoch: int) -> None:
         self._seed_epoch(epoch)
+        self._warming = epoch < self.warm_start_epochs
         t0 = time.perf_counter()
         train_out = self.run_epoch(self.train_loader, train=True, desc=f"epoch {epoch + 1}/{self.epochs} train")
         val = self.run_epoch(self.val_loader, train=False, desc=f"epoch {epoch + 1}/{self.epochs} val")
         self.train_time_s += time.perf_counter() - t0
         train_m, val_m = train_out.metrics(self.class_names), val.metrics(self.class_names)
         value = val_m[self.select_key]
-        improved = self._improved(value)
+        improved = not self._warming and self._improved(value)
         if improved:
             self.best_value, self.best_epoch, self.best_val, self.bad_epochs = value, epoch, val_m, 0
-        else:
+        elif not self._warming:
             self.bad_epochs += 1
         row = {
             "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
@@ -415,7 +427,7 @@ class MultimodalTrainer:
         self.log(f"epoch {epoch + 1}/{self.epochs}  train loss {row['train_loss']:.4f}  "
                  f"val loss {row['val_loss']:.4f}  "
                  f"val F1 {row['val_f1_macro']:.3f}  val AUC {row['val_auc_macro_ovr']:.3f}"
-                 + ("  *best*" if improved else ""))
+                 + ("  *best*" if improved else "") + ("  (warm start: unimodal heads only)" if self._warming else ""))
         if self.writer is not None:
             for key, val_ in row.items():
                 if key != "epoch" and val_ is not None and not (isinstance(val_, float) and math.isnan(val_)):
