@@ -164,7 +164,8 @@ def test_recipes_set_what_they_promise():
     assert cpu["data"]["modalities"]["mri"]["sequences"] == ["T1", "T2"]
     assert cpu["model"]["modalities"]["mri"]["input_channels"] == 2 and cpu["model"]["modalities"]["mri"]["statistics"]
     assert cpu["model"]["fusion"]["auxiliary_heads"] and cpu["training"]["loss"]["auxiliary_weight"] > 0
-    assert cpu["model"]["fusion"]["late_residual"] and 0 < cpu["training"]["warm_start_epochs"] < cpu["training"]["epochs"]
+    assert cpu["model"]["fusion"]["late_residual"]
+    assert 0 < cpu["training"]["warm_start_epochs"] < cpu["training"]["epochs"]
     assert cpu["model"]["modalities"]["mri"] | {"norm": "group", "cnn_gate": True} == cpu["model"]["modalities"]["mri"]
     built = build_model_from_config(cpu["model"], load_pretrained=False)
     assert built.fusion_head.late_residual and built.has_unimodal_heads
