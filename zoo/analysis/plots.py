@@ -50,15 +50,17 @@ def grouped_bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]],
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(groups) + 2), 4.5))
     width = 0.8 / max(len(series), 1)
     for i, (name, values) in enumerate(series.items()):
-        values = np.nan_to_num(np.asarray(values, float))
+        raw = np.asarray(values, float)
+        values = np.nan_to_num(raw)
         err = (errors or {}).get(name)
         bars = ax.bar(np.arange(len(groups)) + i * width - 0.4 + width / 2, values, width, label=name,
                       yerr=None if err is None else np.nan_to_num(np.asarray(err, float)),
                       capsize=3 if err is not None else 0)
-        if annotate:
-            for bar, value in zip(bars, values):
-                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.2f}", ha="center", va="bottom",
-                        fontsize=7)
+        if annotate:  # a missing value (a late-fusion row has no validation score) gets no bar label
+            for bar, value, known in zip(bars, values, ~np.isnan(raw)):
+                if known:
+                    ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.2f}", ha="center",
+                            va="bottom", fontsize=7)
     rotate = len(groups) > 4
     ax.set_xticks(range(len(groups)), groups, rotation=30 if rotate else 0, ha="right" if rotate else "center")
     if ylim is not None:
