@@ -88,6 +88,10 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
     out = tmp_path / "sweeps" / "cv"
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 9 and sorted(runs["fold"].unique()) == [0, 1, 2] and (runs["status"] == "ok").all()
+    for fold in range(3):  # the caches training writes are shared, even those that did not exist before the sweep
+        for cache in ("features", "pretrained"):
+            link = out / "folds" / f"fold{fold}" / cache
+            assert link.is_symlink() and link.resolve() == (easy_cohort / cache).resolve(), link
     cohort = pd.concat([pd.read_csv(easy_cohort / f"{s}_clinical.csv", dtype={"patient_id": str})
                         for s in ("train", "val", "test")])
     for entry in entries:

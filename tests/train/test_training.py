@@ -98,3 +98,26 @@ def test_entry_needing_a_modality_no_patient_has_is_a_clear_error(easy_cohort, t
         shutil.copy(easy_cohort / f"{split}_clinical.csv", data)
     with pytest.raises(TrainingSetupError, match="needs mri"):
         run_training("mri_only", recipe="tiny", data_dir=data, output_dir=tmp_path / "out", **QUIET)
+
+
+def test_a_training_split_ending_on_one_patient_still_trains(easy_cohort, tmp_path):
+    """Train size = k * batch + 1: the last batch would hold one patient, which BatchNorm cannot train on (the MRI
+    statistics' BatchNorm1d raised "Expected more than 1 value per channel"); the loader drops it in training only."""
+    import pandas as pd
+
+    from zoo.training.pipeline import lone_last_batch
+
+    data = tmp_path / "cohort"
+    data.mkdir()
+    for item in easy_cohort.iterdir():
+        if item.name != "train_clinical.csv":
+            (data / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    train = pd.read_csv(easy_cohort / "train_clinical.csv", dtype={"patient_id": str})
+    assert len(train) >= 9
+    train.head(9).to_csv(data / "train_clinical.csv", index=False)
+    result = run_training("mri_only", recipe="tiny", data_dir=data, output_dir=tmp_path / "out",
+                          overrides=["training.epochs=1", "data.batch_size=4", "model.modalities.mri.statistics=true"],
+                          **QUIET)
+    assert result["epochs_run"] == 1 and torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
+    assert lone_last_batch(9, 4) and not lone_last_batch(8, 4) and not lone_last_batch(1, 4)
+    assert not lone_last_batch(10, 4) and lone_last_batch(33, 16)

@@ -275,6 +275,7 @@ def prepare_fold_views(out_dir: Path, entries: Sequence[Any], recipe: str | None
     from zoo.data.folds import write_fold_views
     from zoo.training.feature_cache import FEATURES_DIRNAME
     from zoo.training.pipeline import default_recipe, ensure_data, resolve_entry_config
+    from zoo.training.pretrain import PRETRAINED_DIRNAME
 
     recipe = recipe or default_recipe()[0]
     root = None
@@ -284,7 +285,8 @@ def prepare_fold_views(out_dir: Path, entries: Sequence[Any], recipe: str | None
             config["data"]["data_dir"] = str(data_dir)
         ensure_data(config, generate_if_missing=data_dir is None, progress=True, log=log)
         root = Path(config["data"]["data_dir"])
-    (root / FEATURES_DIRNAME).mkdir(exist_ok=True)
+    for cache in (FEATURES_DIRNAME, PRETRAINED_DIRNAME):  # linked before they exist: every fold shares one of each
+        (root / cache).mkdir(exist_ok=True)
     views = write_fold_views(root, out_dir / "folds", folds)
     log(f"{folds} stratified folds of {root} in {out_dir / 'folds'}")
     return views

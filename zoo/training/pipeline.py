@@ -158,10 +158,18 @@ def make_loaders(config: Mapping[str, Any], datasets: Mapping[str, Any], seed: i
             kwargs: dict[str, Any] = {"sampler": sampler}
         else:
             kwargs = {"shuffle": train, "generator": torch.Generator().manual_seed(seed) if train else None}
+        per_replica = len(kwargs["sampler"]) if "sampler" in kwargs else len(dataset)
         loaders[split] = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                     collate_fn=collate_multimodal, persistent_workers=False,
-                                    drop_last=False, **kwargs)
+                                    drop_last=train and lone_last_batch(per_replica, batch_size), **kwargs)
     return loaders
+
+
+def lone_last_batch(num_samples: int, batch_size: int) -> bool:
+    """Whether an epoch of `num_samples` would end on a batch of one sample: BatchNorm cannot train on it (PyTorch
+    raises "Expected more than 1 value per channel"), so the training loader drops it; the loader shuffles, so a
+    different patient sits out each epoch."""
+    return num_samples > batch_size and num_samples % batch_size == 1
 
 
 def cohort_tiling_dir(config: Mapping[str, Any]) -> Path:
