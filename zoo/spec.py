@@ -16,6 +16,7 @@ LAST_CHECKPOINT = "last.pt"                 # the latest epoch, with optimizer/R
 METRICS_FILE = "metrics.json"               # the trainer's result: history, best val, test metrics
 CONFIG_FILE = "config.yaml"                 # the resolved config the run trained with
 PREDICTIONS_FILE = "test_predictions.csv"   # per test patient: label and class probabilities of best.pt
+VAL_PREDICTIONS_FILE = "val_predictions.csv"  # the same for the validation patients (choices made on validation)
 
 CLASS_NAMES: tuple[str, ...] = ("Luminal A", "Luminal B", "HER2-enriched", "Triple-negative")
 NUM_CLASSES = len(CLASS_NAMES)

@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import f1_score
 
+from zoo.spec import CLASS_NAMES, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 from zoo.training.pipeline import TrainingSetupError, run_training
 
 QUIET = dict(progress=False, log=lambda _m: None)
@@ -37,6 +40,17 @@ def test_training_writes_loadable_outputs(attention_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["confusion_matrix"] == result["test"]["confusion_matrix"]
     assert (out / "config.yaml").is_file()
+
+
+def test_predictions_of_the_best_weights_reproduce_its_validation_and_test_scores(attention_run):
+    out, result = attention_run
+    for name, expected in ((VAL_PREDICTIONS_FILE, result["best_val"]), (PREDICTIONS_FILE, result["test"])):
+        table = pd.read_csv(out / name)
+        probabilities = table[[f"p_{c}" for c in CLASS_NAMES]].to_numpy()
+        assert len(table) == expected["num_samples"] and table["patient_id"].is_unique
+        f1 = f1_score(table["label"], probabilities.argmax(axis=1), average="macro",
+                      labels=range(len(CLASS_NAMES)), zero_division=0)
+        assert f1 == pytest.approx(expected["f1_macro"], abs=1e-6), name
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(easy_cohort, tmp_path):

@@ -33,7 +33,15 @@ import pandas as pd
 from zoo.analysis.plots import grouped_bar_chart
 from zoo.atomic import atomic_write, atomic_write_json, atomic_write_text
 from zoo.cli_help import HelpFormatter
-from zoo.spec import CLINICAL_FEATURES, CONFIG_FILE, METRICS_FILE, MODALITIES, PREDICTIONS_FILE, RECIPES
+from zoo.spec import (
+    CLINICAL_FEATURES,
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODALITIES,
+    PREDICTIONS_FILE,
+    RECIPES,
+    VAL_PREDICTIONS_FILE,
+)
 
 OUT_OF_FOLD_FILE = "out_of_fold_metrics.json"  # runs/<entry>/seed<s>/: pooled over the folds
 SHORT_MODALITY = {"pathology": "path", "mri": "mri", "clinical": "clin"}
@@ -404,7 +412,7 @@ def _default_data_dir(entry: Any, recipe: str | None, overrides: Sequence[str]) 
     return Path(config["data"]["data_dir"])
 
 
-ARCHIVED_RUN_FILES = (METRICS_FILE, CONFIG_FILE, PREDICTIONS_FILE, OUT_OF_FOLD_FILE)
+ARCHIVED_RUN_FILES = (METRICS_FILE, CONFIG_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE, OUT_OF_FOLD_FILE)
 ARCHIVED_SUFFIXES = (".csv", ".md", ".json", ".png")
 
 

@@ -36,6 +36,7 @@ from zoo.spec import (
     LAST_CHECKPOINT,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    VAL_PREDICTIONS_FILE,
 )
 from zoo.training import distributed as ddp
 from zoo.training.metrics import classification_metrics
@@ -467,9 +468,15 @@ class MultimodalTrainer:
             self._load_best_weights()
             test = self.run_epoch(self.test_loader, train=False, desc="test")
             result["test"] = test.metrics(self.class_names)
-            if self.output_dir is not None and ddp.is_main_process():
-                atomic_write_text(self.output_dir / PREDICTIONS_FILE,
-                                  predictions_table(test, self.class_names).to_csv(index=False))
+            if self.output_dir is not None:
+                # the best weights' validation probabilities too, so choices made on validation (late vs learned
+                # fusion, ensembling weights) need no retraining; a validation pass costs a fraction of an epoch
+                val = self.run_epoch(self.val_loader, train=False, desc="val (best weights)")
+                if ddp.is_main_process():
+                    atomic_write_text(self.output_dir / PREDICTIONS_FILE,
+                                      predictions_table(test, self.class_names).to_csv(index=False))
+                    atomic_write_text(self.output_dir / VAL_PREDICTIONS_FILE,
+                                      predictions_table(val, self.class_names).to_csv(index=False))
         if self.output_dir is not None and ddp.is_main_process():
             atomic_write_json(self.output_dir / METRICS_FILE, result)
         return result
