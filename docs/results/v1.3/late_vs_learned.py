@@ -1,4 +1,5 @@
-"""Paired bootstrap over patients: the late-fusion baseline against each learned fusion entry of a k-fold sweep.
+"""Paired bootstrap over patients: the late-fusion baseline against each learned fusion entry of a k-fold sweep
+(each side the mean over the seeds both have).
 
 uv run python docs/results/v1.3/late_vs_learned.py docs/results/v1.3/cv4 [--folds 4]
 """
@@ -6,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
@@ -15,16 +17,19 @@ p = argparse.ArgumentParser()
 p.add_argument("sweep", type=Path)
 p.add_argument("--folds", type=int, default=4)
 args = p.parse_args()
-late = {d.name: pd.read_csv(d / "seed0" / "test_predictions.csv")
+seeds = lambda d: sorted(p.name for p in d.glob("seed*"))  # noqa: E731
+late = {d.name: {s: pd.read_csv(d / s / "test_predictions.csv") for s in seeds(d)}
         for d in sorted((args.sweep / "late_fusion").iterdir())}
 for d in sorted((args.sweep / "runs").iterdir()):
-    runs = [d / "seed0" / f"fold{f}" for f in range(args.folds)]
-    if not all((r / "metrics.json").is_file() for r in runs):
-        continue
-    learned = out_of_fold_predictions(runs)
     name = d.name.split("-", 1)[1] if "-" in d.name else "path_mri_clin"
     if d.name.endswith("_only") or f"late_fusion-{name}" not in late:
         continue
-    r = paired_bootstrap([late[f"late_fusion-{name}"]], [learned])
-    recall = pooled_metrics(late[f"late_fusion-{name}"])["per_class"]["Luminal B"]["recall"]
-    print(f"late_fusion-{name} (Luminal B recall {recall:.2f}) - {d.name}: {r}")
+    baseline = late[f"late_fusion-{name}"]
+    both = [s for s in seeds(d) if s in baseline
+            and all((d / s / f"fold{f}" / "metrics.json").is_file() for f in range(args.folds))]
+    if not both:
+        continue
+    learned = [out_of_fold_predictions([d / s / f"fold{f}" for f in range(args.folds)]) for s in both]
+    r = paired_bootstrap([baseline[s] for s in both], learned)
+    recall = np.mean([pooled_metrics(baseline[s])["per_class"]["Luminal B"]["recall"] for s in both])
+    print(f"late_fusion-{name} (Luminal B recall {recall:.2f}) - {d.name} [{', '.join(both)}]: {r}")

@@ -42,12 +42,12 @@ for k in range(args.folds):
     tables.append(table)
 probe = pd.concat(tables).sort_values("patient_id").reset_index(drop=True)
 
-runs = (args.archive or args.sweep) / "runs" / "mri_only" / "seed0"
-entry = out_of_fold_predictions([runs / f"fold{k}" for k in range(args.folds)])
-probe = probe.set_index("patient_id").loc[entry["patient_id"]].reset_index()
-print(f"probe out-of-fold macro F1 {pooled_metrics(probe)['f1_macro']:.3f}, "
-      f"mri_only {pooled_metrics(entry)['f1_macro']:.3f}")
-result = paired_bootstrap([entry], [probe])
+seeds = sorted(((args.archive or args.sweep) / "runs" / "mri_only").glob("seed*"))
+entries = [out_of_fold_predictions([runs / f"fold{k}" for k in range(args.folds)]) for runs in seeds]
+probe = probe.set_index("patient_id").loc[entries[0]["patient_id"]].reset_index()
+print(f"probe out-of-fold macro F1 {pooled_metrics(probe)['f1_macro']:.3f}, mri_only "
+      + ", ".join(f"{s.name} {pooled_metrics(e)['f1_macro']:.3f}" for s, e in zip(seeds, entries)))
+result = paired_bootstrap(entries, [probe])  # mri_only: the mean over its seeds
 print("mri_only - probe:", {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
 print("probe's own 95 % interval (bootstrap over patients):",
       np.round(np.percentile([pooled_metrics(probe.sample(len(probe), replace=True, random_state=s))["f1_macro"]
