@@ -18,7 +18,7 @@ from zoo.analysis.crossval import (
     paired_bootstrap,
 )
 from zoo.analysis.sweep import run_sweep
-from zoo.spec import CLASS_NAMES
+from zoo.spec import CLASS_NAMES, VAL_PREDICTIONS_FILE
 from zoo.training.metrics import classification_metrics
 from zoo.training.pipeline import run_training
 from zoo.training.trainer import PREDICTIONS_FILE
@@ -108,6 +108,15 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
     late = table.set_index("entry").loc["late_fusion-path_clin"]
     expected = macro_f1(members[0]["label"].to_numpy(), mean.argmax(1), len(CLASS_NAMES))
     assert late["test_f1_mean"] == pytest.approx(expected) and late["fusion"] == "late (mean)"
+    # its validation score: per fold, the members' validation predictions averaged, then the mean over folds
+    fold_f1 = []
+    for f in range(3):
+        val = [pd.read_csv(out / "runs" / e / "seed0" / f"fold{f}" / VAL_PREDICTIONS_FILE).sort_values("patient_id")
+               for e in ("pathology_only", "clinical_only")]
+        assert val[0]["patient_id"].tolist() == val[1]["patient_id"].tolist()
+        fold_mean = (val[0][columns].to_numpy() + val[1][columns].to_numpy()) / 2
+        fold_f1.append(macro_f1(val[0]["label"].to_numpy(), fold_mean.argmax(1), len(CLASS_NAMES)))
+    assert late["val_f1_mean"] == pytest.approx(np.mean(fold_f1)) and late["val_f1_std"] == 0
     assert (out / "late_fusion" / "late_fusion-path_clin" / "seed0" / PREDICTIONS_FILE).is_file()
     assert "out-of-fold" in (out / "leaderboard.md").read_text()
     pooled = json.loads((out / "runs" / "clinical_only" / "seed0" / "out_of_fold_metrics.json").read_text())

@@ -89,9 +89,9 @@ def leaderboard(runs: pd.DataFrame, ceilings: dict[str, float] | None = None) ->
     grouped = ok.groupby("entry", sort=False)
     table = grouped[["modalities", "fusion", "params"]].first()
     table["seeds"] = grouped.size()
-    for m in metrics:
-        table[f"{m}_mean"] = grouped[m].mean()
-        table[f"{m}_std"] = grouped[m].std(ddof=0)
+    for m in metrics:  # a seed without the metric (a late-fusion row of runs without validation predictions): none
+        table[f"{m}_mean"] = grouped[m].mean(skipna=False)
+        table[f"{m}_std"] = grouped[m].std(ddof=0, skipna=False)
     if ceilings:
         table["ceiling"] = [ceilings.get(label, np.nan) for label in table["modalities"]]
         table["of_ceiling"] = table["test_f1_mean"] / table["ceiling"]
@@ -103,7 +103,7 @@ def leaderboard_markdown(table: pd.DataFrame, failures: pd.DataFrame, note: str 
 
     def pm(row: pd.Series, m: str) -> str:
         if pd.isna(row[f"{m}_mean"]):
-            return "–"  # the late-fusion baseline fits nothing, so it has no validation score
+            return "–"  # a late-fusion row whose members wrote no val_predictions.csv (older runs)
         return f"{row[f'{m}_mean']:.3f} ± {row[f'{m}_std']:.3f}"
 
     has_ceiling = "ceiling" in table.columns and table["ceiling"].notna().any()
@@ -267,12 +267,14 @@ def run_path(out_dir: Path, name: str, seed: int, fold: int | None) -> Path:
     return run_dir if fold is None else run_dir / f"fold{fold}"
 
 
-def late_fusion_row(name: str, label: str, seed: int, metrics: dict[str, Any], params: float,
-                    train_time_s: float) -> dict[str, Any]:
+def late_fusion_row(name: str, label: str, seed: int, metrics: dict[str, Any], val: dict[str, float] | None,
+                    params: float, train_time_s: float) -> dict[str, Any]:
     from zoo.analysis.late_fusion import LATE_FUSION
 
+    val = val or {"f1_macro": np.nan, "auc_macro_ovr": np.nan}
     return {"entry": name, "seed": seed, "fold": np.nan, "modalities": label, "fusion": LATE_FUSION, "status": "ok",
-            "val_f1": np.nan, "val_auc": np.nan, "test_f1": metrics["f1_macro"], "test_auc": metrics["auc_macro_ovr"],
+            "val_f1": val["f1_macro"], "val_auc": val["auc_macro_ovr"], "test_f1": metrics["f1_macro"],
+            "test_auc": metrics["auc_macro_ovr"],
             "test_accuracy": metrics["accuracy"], "params": params, "train_time_s": train_time_s, "error": ""}
 
 
