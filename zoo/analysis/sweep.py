@@ -118,7 +118,8 @@ def leaderboard_markdown(table: pd.DataFrame, failures: pd.DataFrame, note: str 
                      f"{row['train_time_s_mean']:.0f} | {row['seeds']} |{ceiling}")
     if table["fusion"].eq(LATE_FUSION).any():
         lines += ["", f"`late_fusion-*` ({LATE_FUSION}): the mean of the single-modality entries' class probabilities "
-                  "per patient, the baseline a learned fusion strategy has to beat."]
+                  "per patient, the baseline a learned fusion strategy has to beat; its val F1 / AUC are those of its "
+                  "members' averaged validation predictions (– for runs without val_predictions.csv)."]
     if has_ceiling:
         lines += ["", "Bayes ceiling: macro F1 of the MAP rule on the generator's own latents for the entry's "
                   "modalities (python -m zoo.data.synthetic.ceiling); no model of the rendered files can beat it in "
