@@ -3,9 +3,9 @@ warm slide (already open) and a cold one (every request reopens the slide: OpenS
 time to the first heatmap of a ~1,000-patch slide on a server with nothing cached (prediction: features, MIL,
 fusion; then the overlay PNG).
 
-Sizes: `--benchmark-only` uses the `cpu` recipe (frozen ResNet-18 at 112 px, 128 px patches, the feature cache
-filled on that first view) on a small synthetic cohort of ~6,000 px slides; `--benchmark-disable` the `tiny`
-recipe on 384 px slides, each case once.
+Sizes: `--benchmark-only` uses the `cpu` recipe (its frozen `cnn_ssl` patch encoder at 64 px, random weights as in
+every bench case, 128 px patches, the feature cache filled on that first view) on a small synthetic cohort of
+~6,000 px slides; `--benchmark-disable` the `tiny` recipe on 384 px slides, each case once.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.conftest import benchmarks_disabled
+from bench.conftest import BENCH_OVERRIDES, benchmarks_disabled
 
 HEATMAP_PATCHES = 1000
 
@@ -45,7 +45,7 @@ def viewer_setup(request, workdir):
     recipe = "tiny" if ci else "cpu"
     data_dir = workdir / f"viewer_cohort_{recipe}"
     entry = get_entry("attention")
-    config = entry.config(recipe, [f"data.data_dir={data_dir}", "model.modalities.pathology.pretrained=false"])
+    config = entry.config(recipe, [f"data.data_dir={data_dir}", *BENCH_OVERRIDES])
     p, m = config["data"]["modalities"]["pathology"], config["data"]["modalities"]["mri"]
     if not (data_dir / "train_clinical.csv").is_file():
         generate_cohort(data_dir, num_samples=8, seed=5, slide_size=384, missing_mri=0.0, missing_wsi=0.0,
@@ -61,7 +61,7 @@ def viewer_setup(request, workdir):
                   tissue_threshold=p["tissue_threshold"], target_spacing=m["target_spacing"],
                   output_shape=m["output_shape"], workers=2, progress=False)
     torch.manual_seed(0)
-    model = build_model_from_config(config["model"]).eval()
+    model = build_model_from_config(config["model"], load_pretrained=False).eval()  # speed does not need weights
     checkpoint = save_checkpoint(workdir / f"viewer_{recipe}" / "best.pt", checkpoint_payload(entry, config, model))
     counts = {h5.stem: len(load_coords(h5)[0]) for h5 in sorted(cohort_tiling_dir(config).glob("*.h5"))}
     target = HEATMAP_PATCHES if not ci else max(counts.values())
