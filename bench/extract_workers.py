@@ -10,7 +10,7 @@ import sys
 import time
 
 REPLY = "@@extract-worker "  # reply lines carry this prefix; anything else a library prints is ignored
-ENCODER = "resnet18"         # the cpu recipe's pathology backbone
+ENCODER = "resnet18"         # heavier than the cpu recipe's cnn_ssl (bench/test_extract_scaling.py says why)
 INPUT_SIZE = 112
 BATCH_SIZE = 32
 

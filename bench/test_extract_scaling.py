@@ -3,8 +3,9 @@ over Ray, as ratios taken in interleaved rounds of one run (bench.timing.interle
 
 The slides are bench slides (bench.slides, cached in the slide cache), two copies of each seed under two names so
 that `--shard 0/2` and `--shard 1/2` get the same work; they are tiled once beforehand, so every case times
-extraction only (read patches, encode, write). The encoder is the cpu recipe's ResNet-18 at 112 px with seeded
-random weights (`--weights random`): speed does not depend on the weights.
+extraction only (read patches, encode, write). The encoder is ResNet-18 at 112 px with seeded random weights
+(`--weights random`; speed does not depend on the weights): the cpu recipe's backbone up to entry version 1.1, kept
+because it is heavier than 1.2's 64-px `cnn_ssl` and so closer to extraction with a real patch encoder.
 
 Variants, every round one run of each (the reference, one process with one thread, under the benchmark clock):
   two_workers     two processes of one thread each, `--shard 0/2` and `--shard 1/2` side by side
