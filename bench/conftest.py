@@ -12,7 +12,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -29,6 +29,7 @@ from bench.slides import bench_slide_path, side_for_patches, sized_slide, write_
 CALIBRATION_SLIDE_SEED = 1  # int8 calibration patches come from a slide that is never timed
 CALIBRATION_PATCHES = 128
 ENTRY = "attention-path_clin"  # pathology MIL + clinical, attention fusion: every per-slide stage is exercised
+VIEWER_ENTRY = "attention"     # the viewer shows every modality
 THREADS = 2
 # Timing and parity do not depend on the weights; the gpu recipe's pretrained ResNet-50 would need a weights file.
 BENCH_OVERRIDES = ("model.modalities.pathology.pretrained=false",)
@@ -141,15 +142,16 @@ def calibration_patches(slide_cache: Path, workdir: Path, patch_size: int) -> np
                             tiling)[:CALIBRATION_PATCHES]
 
 
-def build_bench_model(recipe: str):
-    """(entry, resolved config, model in eval mode) of the bench entry under `recipe`, from a fixed seed with
-    random weights (`BENCH_OVERRIDES`, and no weights file is read: the cpu recipe's self-supervised encoder would
-    need its cohort's artifact), so no recipe needs a weights file on the machine."""
+def build_bench_model(recipe: str, entry_name: str = ENTRY, overrides: Sequence[str] = ()):
+    """(entry, resolved config, model in eval mode) of a bench entry (`ENTRY`; the viewer bench's is `attention`)
+    under `recipe` and `overrides`, from a fixed seed with random weights (`BENCH_OVERRIDES`, and no weights file is
+    read: the cpu recipe's self-supervised encoder would need its cohort's artifact), so no recipe needs a weights
+    file on the machine."""
     from zoo.models.builder import build_model_from_config
     from zoo.registry import get_entry
 
-    entry = get_entry(ENTRY)
-    config = entry.config(recipe, BENCH_OVERRIDES)
+    entry = get_entry(entry_name)
+    config = entry.config(recipe, [*BENCH_OVERRIDES, *overrides])
     torch.manual_seed(0)
     return entry, config, build_model_from_config(config["model"], load_pretrained=False).eval()
 

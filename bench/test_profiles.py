@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from bench.conftest import PROFILES, build_bench_model
+from bench.conftest import ENTRY, PROFILES, VIEWER_ENTRY, build_bench_model
 
 
+@pytest.mark.parametrize("entry", [ENTRY, VIEWER_ENTRY])
 @pytest.mark.parametrize("name", PROFILES)
-def test_profile_model_builds_with_random_weights(name, tmp_path, monkeypatch):
+def test_profile_model_builds_with_random_weights(name, entry, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no cached weights to fall back on
-    _, config, model = build_bench_model(PROFILES[name].recipe)
+    _, config, model = build_bench_model(PROFILES[name].recipe, entry)
     pathology = config["model"]["modalities"]["pathology"]
     assert pathology["pretrained"] is False
     assert not model.training

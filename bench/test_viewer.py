@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.conftest import BENCH_OVERRIDES, benchmarks_disabled
+from bench.conftest import VIEWER_ENTRY, benchmarks_disabled, build_bench_model
 
 HEATMAP_PATCHES = 1000
 
@@ -30,22 +30,17 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def viewer_setup(request, workdir):
     """(cohort dir, checkpoint, recipe, slide id of the slide nearest HEATMAP_PATCHES patches, its patch count)."""
-    import torch
-
     from bench.slides import side_for_patches, write_bench_slide
     from zoo.checkpoint import checkpoint_payload, save_checkpoint
     from zoo.data.prepare import ensure_cohort
     from zoo.data.synthetic import generate_cohort
     from zoo.data.tile import load_coords
-    from zoo.models.builder import build_model_from_config
-    from zoo.registry import get_entry
     from zoo.training.pipeline import cohort_tiling_dir
 
     ci = benchmarks_disabled(request.config)
     recipe = "tiny" if ci else "cpu"
     data_dir = workdir / f"viewer_cohort_{recipe}"
-    entry = get_entry("attention")
-    config = entry.config(recipe, [f"data.data_dir={data_dir}", *BENCH_OVERRIDES])
+    entry, config, model = build_bench_model(recipe, VIEWER_ENTRY, [f"data.data_dir={data_dir}"])
     p, m = config["data"]["modalities"]["pathology"], config["data"]["modalities"]["mri"]
     if not (data_dir / "train_clinical.csv").is_file():
         generate_cohort(data_dir, num_samples=8, seed=5, slide_size=384, missing_mri=0.0, missing_wsi=0.0,
@@ -60,8 +55,6 @@ def viewer_setup(request, workdir):
     ensure_cohort(data_dir, generate_if_missing=False, patch_size=p["patch_size"], level=p["level"],
                   tissue_threshold=p["tissue_threshold"], target_spacing=m["target_spacing"],
                   output_shape=m["output_shape"], workers=2, progress=False)
-    torch.manual_seed(0)
-    model = build_model_from_config(config["model"], load_pretrained=False).eval()  # speed does not need weights
     checkpoint = save_checkpoint(workdir / f"viewer_{recipe}" / "best.pt", checkpoint_payload(entry, config, model))
     counts = {h5.stem: len(load_coords(h5)[0]) for h5 in sorted(cohort_tiling_dir(config).glob("*.h5"))}
     target = HEATMAP_PATCHES if not ci else max(counts.values())
