@@ -75,6 +75,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(easy_cohort, tmp
 
     assert same(resumed["history"], full["history"])  # same seed -> same numbers, interrupted or not
     assert same(resumed["test"], full["test"])
+    # the best weights' validation predictions: the best epoch's pass (full run), a new pass of the best weights
+    # where the best epoch ran before the cut (here epoch 0)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cut" / VAL_PREDICTIONS_FILE),
+                                  pd.read_csv(tmp_path / "full" / VAL_PREDICTIONS_FILE), atol=1e-6)
 
     # a last.pt of another entry version (other parameters) is refused with the reason, not a state_dict error
     state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)

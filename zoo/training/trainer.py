@@ -218,6 +218,7 @@ class MultimodalTrainer:
         self.writer = None
         self.wandb_run = None
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._best_val_output: EpochOutput | None = None  # the best epoch's validation pass (not kept across resumes)
 
     # ------------------------------------------------------------------ setup helpers
     def _amp_dtype(self, setting: Any) -> torch.dtype | None:
@@ -416,6 +417,7 @@ class MultimodalTrainer:
         improved = not self._warming and self._improved(value)
         if improved:
             self.best_value, self.best_epoch, self.best_val, self.bad_epochs = value, epoch, val_m, 0
+            self._best_val_output = val
         elif not self._warming:
             self.bad_epochs += 1
         row = {
@@ -470,8 +472,10 @@ class MultimodalTrainer:
             result["test"] = test.metrics(self.class_names)
             if self.output_dir is not None:
                 # the best weights' validation probabilities too, so choices made on validation (late vs learned
-                # fusion, ensembling weights) need no retraining; a validation pass costs a fraction of an epoch
-                val = self.run_epoch(self.val_loader, train=False, desc="val (best weights)")
+                # fusion, ensembling weights) need no retraining: the best epoch's own pass, or (best epoch before a
+                # resume) a new pass of the best weights
+                val = self._best_val_output if self._best_val_output is not None else \
+                    self.run_epoch(self.val_loader, train=False, desc="val (best weights)")
                 if ddp.is_main_process():
                     atomic_write_text(self.output_dir / PREDICTIONS_FILE,
                                       predictions_table(test, self.class_names).to_csv(index=False))
