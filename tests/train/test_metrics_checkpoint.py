@@ -10,7 +10,7 @@ import torch
 
 from zoo.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from zoo.spec import CLASS_NAMES
-from zoo.training.metrics import classification_metrics, format_results_table
+from zoo.training.metrics import classification_metrics, format_results_table, macro_f1_interval
 from zoo.training.trainer import inverse_frequency_weights, warmup_cosine_factor
 
 
@@ -27,6 +27,27 @@ def test_metrics_perfect_and_confused_predictions():
     assert m["confusion_matrix"][0][1] == 2
     table = format_results_table(m)
     assert "macro F1" in table and CLASS_NAMES[3] in table
+
+
+def test_f1_interval_holds_the_score_and_narrows_with_more_patients():
+    rng = np.random.default_rng(0)
+
+    def noisy(n):  # 70 % right, the rest uniform over the classes
+        labels = rng.integers(0, 4, n)
+        return labels, np.where(rng.random(n) < 0.7, labels, rng.integers(0, 4, n))
+
+    widths = {}
+    for n in (36, 500):
+        labels, predicted = noisy(n)
+        m = classification_metrics(labels, np.eye(4)[predicted], f1_interval=True)
+        low, high = m["f1_macro_ci95"]
+        assert low < m["f1_macro"] < high
+        widths[n] = high - low
+        assert f"interval {low:.3f}-{high:.3f}" in format_results_table(m)
+    assert widths[500] < widths[36] / 2  # the width shrinks about as 1/sqrt(n): 3.7x here
+    labels = np.array([0, 1, 2, 3] * 5)
+    assert macro_f1_interval(labels, labels, 4) == [1.0, 1.0]  # perfect on every resample
+    assert "f1_macro_ci95" not in classification_metrics(labels, np.eye(4)[labels])  # per-epoch metrics skip it
 
 
 def test_metrics_auc_ignores_classes_absent_from_labels_and_rejects_empty():

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from zoo.spec import CLASS_NAMES, METRICS_FILE, PREDICTIONS_FILE
-from zoo.training.metrics import classification_metrics
+from zoo.training.metrics import classification_metrics, macro_f1
 from zoo.training.trainer import PROBABILITY_PREFIX
 
 
@@ -41,15 +41,6 @@ def probabilities(table: pd.DataFrame) -> np.ndarray:
 
 def pooled_metrics(table: pd.DataFrame, class_names: Sequence[str] = CLASS_NAMES) -> dict:
     return classification_metrics(table["label"].to_numpy(), probabilities(table), class_names)
-
-
-def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
-    """Macro F1 over all `num_classes` classes, 0 for a class neither present nor predicted: the same number as
-    zoo.training.metrics.classification_metrics (sklearn f1_score with labels=range(K), zero_division=0), 50x faster."""
-    confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, -1)
-    tp = np.diag(confusion).astype(np.float64)
-    denom = (confusion.sum(1) + confusion.sum(0)).astype(np.float64)
-    return float(np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0).mean())
 
 
 def _seed_stack(tables: Sequence[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -324,5 +324,7 @@ def run_training(
     log(f"trained {result['epochs_run']} epoch(s) in {time.perf_counter() - t0:.1f} s; best epoch "
         f"{result['best_epoch'] + 1}, best val F1 {result['best_val_f1']:.3f}, val AUC {result['best_val_auc']:.3f}")
     log(format_results_table(result["test"], CLASS_NAMES, title=f"{entry.name}: test split (best checkpoint)"))
+    log(f"one split of {result['test']['num_samples']} test patients; to compare entries, cross-validate (every "
+        f"patient scored once): python -m zoo.sweep {entry.name} --folds 4")
     log(f"outputs: {output_dir}/({BEST_CHECKPOINT}, {LAST_CHECKPOINT}, {METRICS_FILE}, {CONFIG_FILE}, tensorboard/)")
     return result

@@ -91,8 +91,8 @@ class EpochOutput:
     probs: np.ndarray
     patient_ids: list[str] = field(default_factory=list)
 
-    def metrics(self, class_names: Sequence[str]) -> dict[str, Any]:
-        return {"loss": self.loss, **classification_metrics(self.labels, self.probs, class_names)}
+    def metrics(self, class_names: Sequence[str], f1_interval: bool = False) -> dict[str, Any]:
+        return {"loss": self.loss, **classification_metrics(self.labels, self.probs, class_names, f1_interval)}
 
 
 PROBABILITY_PREFIX = "p_"  # the probability columns of PREDICTIONS_FILE (zoo.spec): p_<class name>
@@ -469,7 +469,7 @@ class MultimodalTrainer:
         if self.test_loader is not None:
             self._load_best_weights()
             test = self.run_epoch(self.test_loader, train=False, desc="test")
-            result["test"] = test.metrics(self.class_names)
+            result["test"] = test.metrics(self.class_names, f1_interval=True)
             if self.output_dir is not None:
                 # the best weights' validation probabilities too, so choices made on validation (late vs learned
                 # fusion, ensembling weights) need no retraining: the best epoch's own pass, or (best epoch before a
