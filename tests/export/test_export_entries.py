@@ -80,12 +80,12 @@ def test_probabilities_are_a_distribution(tiny_checkpoint, sizes, tmp_path):
     np.testing.assert_allclose(attention[1], [0.0, 1.0, 0.0], atol=1e-6)
 
 
-@pytest.mark.parametrize("entry", ["attention", "bilinear-path_mri"])
-def test_late_residual_exports_with_parity(entry, sizes, tmp_path):
-    """With model.fusion.late_residual the unimodal heads are part of the served fusion head."""
+@pytest.mark.parametrize("entry,rule", [("attention", "mean"), ("bilinear-path_mri", "mean"), ("gated", "product")])
+def test_late_residual_exports_with_parity(entry, rule, sizes, tmp_path):
+    """With model.fusion.late_residual the unimodal heads are part of the served fusion head (either late rule)."""
     from tests.export.conftest import write_tiny_checkpoint
 
-    late = ("model.fusion.auxiliary_heads=true", "model.fusion.late_residual=true")
+    late = ("model.fusion.auxiliary_heads=true", "model.fusion.late_residual=true", f"model.fusion.late_rule={rule}")
     checkpoint = write_tiny_checkpoint(entry, tmp_path / "outputs" / entry / "best.pt", overrides=late)
     result = export_checkpoint(Target(checkpoint, entry), LEGACY_ONNX, tmp_path / "export", sizes=sizes,
                                progress=False)

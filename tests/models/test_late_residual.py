@@ -10,13 +10,13 @@ from zoo.models.fusion import late_fusion_logits
 from zoo.registry import FUSION_STRATEGIES
 
 
-def _model(fusion: str = "attention", late_residual: bool = True, auxiliary_heads: bool = True):
+def _model(fusion: str = "attention", late_residual: bool = True, auxiliary_heads: bool = True, late_rule="mean"):
     torch.manual_seed(0)
     builder = MultiModalModelBuilder(num_classes=4)
     builder.add_modality("mri", "resnet3d_tiny", input_channels=1, width=4)
     builder.add_modality("clinical", "mlp", input_dim=12, hidden_dims=[8])
     builder.set_fusion(fusion, hidden_dim=8, num_heads=2, auxiliary_heads=auxiliary_heads,
-                       late_residual=late_residual)
+                       late_residual=late_residual, late_rule=late_rule)
     return builder.build().eval()
 
 
@@ -38,6 +38,24 @@ def test_starts_as_late_fusion_of_the_present_modalities(fusion):
     # row 0 both present: their mean; row 1 MRI only; row 2 clinical only (canonical presence order path, mri, clin)
     expected = torch.stack([(mri[0] + clinical[0]) / 2, mri[1], clinical[2]])
     torch.testing.assert_close(logits, expected)
+
+
+def test_product_rule_sums_the_present_heads_log_probabilities():
+    model = _model(late_rule="product")
+    with torch.no_grad():
+        logits, aux = model(_batch())
+    log_p = {m: torch.log_softmax(v, dim=1) for m, v in aux[spec.AUX_UNIMODAL_LOGITS].items()}
+    expected = torch.stack([log_p["mri"][0] + log_p["clinical"][0], log_p["mri"][1], log_p["clinical"][2]])
+    torch.testing.assert_close(logits, expected)
+    # softmax of the served logits = the heads' probabilities multiplied and renormalised
+    prob = {m: torch.softmax(v, dim=1) for m, v in aux[spec.AUX_UNIMODAL_LOGITS].items()}
+    product = prob["mri"][0] * prob["clinical"][0]
+    torch.testing.assert_close(torch.softmax(logits[0], dim=0), product / product.sum())
+
+
+def test_unknown_late_rule_is_refused():
+    with pytest.raises(ValueError, match="late_rule='median'"):
+        _model(late_rule="median")
 
 
 def test_fused_term_is_added_once_trained():

@@ -69,6 +69,35 @@ def test_ablation_expectations_follow_the_seed_table():
     assert shape.loc["path", "verdict"] == "holds" and shape.loc["clin", "verdict"] == "unresolved"
 
 
+def test_product_late_fusion_is_the_joint_posterior_of_independent_modalities():
+    from zoo.analysis.late_fusion import combine
+
+    # Two modalities independent given the class, each a 1-D Gaussian around a class mean; a member that outputs its
+    # modality's exact posterior under a uniform prior. The renormalised product is the joint posterior; the mean
+    # is not.
+    rng = np.random.default_rng(0)
+    means = np.array([[-2.0, -0.5, 0.5, 2.0], [1.5, -1.5, 0.0, 0.7]])
+    x = rng.normal(size=(500, 2)) * 1.2
+
+    def posterior(log_lik):
+        p = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
+    log_lik = [-0.5 * (x[:, [m]] - means[m]) ** 2 for m in range(2)]
+    members = np.stack([posterior(ll) for ll in log_lik])
+    joint = posterior(log_lik[0] + log_lik[1])
+    np.testing.assert_allclose(combine(members, "product"), joint, atol=1e-9)
+    assert np.abs(combine(members, "mean") - joint).max() > 0.05
+    # a member that knows nothing (uniform) leaves the product unchanged; a probability of 0 does not produce NaN
+    uniform = np.full_like(members[0], 0.25)
+    np.testing.assert_allclose(combine(np.stack([members[0], uniform]), "product"), members[0], atol=1e-12)
+    zero = members.copy()
+    zero[0, :, 0] = 0.0
+    assert np.isfinite(combine(zero, "product")).all()
+    with pytest.raises(ValueError, match="late-fusion rule"):
+        combine(members, "median")
+
+
 def test_out_of_fold_refuses_overlapping_folds(tmp_path):
     y = np.arange(8) % 4
     for i in range(2):
@@ -99,8 +128,10 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
         assert sorted(oof["patient_id"]) == sorted(cohort["patient_id"])
         np.testing.assert_array_equal(oof["label"], cohort.set_index("patient_id").loc[oof["patient_id"],
                                                                                        "molecular_subtype"])
-    # the late-fusion baseline of the two single-modality entries: the mean of their out-of-fold probabilities
-    assert sorted(table["entry"]) == sorted([*entries, "late_fusion-path_clin"]) and (table["seeds"] == 1).all()
+    # the late-fusion baselines of the two single-modality entries: the mean, and the renormalised product, of
+    # their out-of-fold probabilities
+    assert sorted(table["entry"]) == sorted([*entries, "late_fusion-path_clin", "late_product-path_clin"])
+    assert (table["seeds"] == 1).all()
     members = [out_of_fold_predictions([out / "runs" / e / "seed0" / f"fold{f}" for f in range(3)])
                for e in ("pathology_only", "clinical_only")]
     columns = [c for c in members[0].columns if c.startswith("p_")]
@@ -108,6 +139,13 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
     late = table.set_index("entry").loc["late_fusion-path_clin"]
     expected = macro_f1(members[0]["label"].to_numpy(), mean.argmax(1), len(CLASS_NAMES))
     assert late["test_f1_mean"] == pytest.approx(expected) and late["fusion"] == "late (mean)"
+    product = members[0][columns].to_numpy() * members[1][columns].to_numpy()
+    product /= product.sum(axis=1, keepdims=True)
+    stored = pd.read_csv(out / "late_fusion" / "late_product-path_clin" / "seed0" / PREDICTIONS_FILE)
+    np.testing.assert_allclose(stored.sort_values("patient_id")[columns].to_numpy(), product, rtol=1e-6)
+    late_product = table.set_index("entry").loc["late_product-path_clin"]
+    assert late_product["fusion"] == "late (product)" and late_product["test_f1_mean"] == pytest.approx(
+        macro_f1(members[0]["label"].to_numpy(), product.argmax(1), len(CLASS_NAMES)))
     # its validation score: per fold, the members' validation predictions averaged, then the mean over folds
     fold_f1 = []
     for f in range(3):

@@ -99,7 +99,7 @@ def leaderboard(runs: pd.DataFrame, ceilings: dict[str, float] | None = None) ->
 
 
 def leaderboard_markdown(table: pd.DataFrame, failures: pd.DataFrame, note: str = "") -> str:
-    from zoo.analysis.late_fusion import LATE_FUSION
+    from zoo.analysis.late_fusion import LATE_FUSION, LATE_PRODUCT
 
     def pm(row: pd.Series, m: str) -> str:
         if pd.isna(row[f"{m}_mean"]):
@@ -116,10 +116,12 @@ def leaderboard_markdown(table: pd.DataFrame, failures: pd.DataFrame, note: str 
         lines.append(f"| {row['entry']} | {row['modalities']} | {row['fusion']} | {pm(row, 'test_f1')} | "
                      f"{pm(row, 'test_auc')} | {pm(row, 'val_f1')} | {pm(row, 'val_auc')} | {int(row['params']):,} | "
                      f"{row['train_time_s_mean']:.0f} | {row['seeds']} |{ceiling}")
-    if table["fusion"].eq(LATE_FUSION).any():
-        lines += ["", f"`late_fusion-*` ({LATE_FUSION}): the mean of the single-modality entries' class probabilities "
-                  "per patient, the baseline a learned fusion strategy has to beat; its val F1 / AUC are those of its "
-                  "members' averaged validation predictions (– for runs without val_predictions.csv)."]
+    if table["fusion"].isin([LATE_FUSION, LATE_PRODUCT]).any():
+        lines += ["", f"`late_fusion-*` ({LATE_FUSION}) and `late_product-*` ({LATE_PRODUCT}): the mean, and the "
+                  "renormalised product, of the single-modality entries' class probabilities per patient, the "
+                  "baselines a learned fusion strategy has to beat (the product is the Bayes rule for modalities "
+                  "independent given the class); their val F1 / AUC are those of their members' combined validation "
+                  "predictions (– for runs without val_predictions.csv)."]
     if has_ceiling:
         lines += ["", "Bayes ceiling: macro F1 of the MAP rule on the generator's own latents for the entry's "
                   "modalities (python -m zoo.data.synthetic.ceiling); no model of the rendered files can beat it in "
@@ -268,12 +270,10 @@ def run_path(out_dir: Path, name: str, seed: int, fold: int | None) -> Path:
     return run_dir if fold is None else run_dir / f"fold{fold}"
 
 
-def late_fusion_row(name: str, label: str, seed: int, metrics: dict[str, Any], val: dict[str, float] | None,
-                    params: float, train_time_s: float) -> dict[str, Any]:
-    from zoo.analysis.late_fusion import LATE_FUSION
-
+def late_fusion_row(name: str, label: str, fusion: str, seed: int, metrics: dict[str, Any],
+                    val: dict[str, float] | None, params: float, train_time_s: float) -> dict[str, Any]:
     val = val or {"f1_macro": np.nan, "auc_macro_ovr": np.nan}
-    return {"entry": name, "seed": seed, "fold": np.nan, "modalities": label, "fusion": LATE_FUSION, "status": "ok",
+    return {"entry": name, "seed": seed, "fold": np.nan, "modalities": label, "fusion": fusion, "status": "ok",
             "val_f1": val["f1_macro"], "val_auc": val["auc_macro_ovr"], "test_f1": metrics["f1_macro"],
             "test_auc": metrics["auc_macro_ovr"],
             "test_accuracy": metrics["accuracy"], "params": params, "train_time_s": train_time_s, "error": ""}

@@ -93,13 +93,13 @@ class MultiModalModelBuilder:
 
     def set_fusion(self, fusion_type: str = "attention", hidden_dim: int = 512, num_heads: int = 8,
                    dropout: float = 0.1, modality_dropout: float = 0.0, auxiliary_heads: bool = False,
-                   late_residual: bool = False) -> "MultiModalModelBuilder":
+                   late_residual: bool = False, late_rule: str = "mean") -> "MultiModalModelBuilder":
         """`auxiliary_heads`: a linear classifier per modality on its own embedding, trained alongside; only built
-        when there are two or more modalities. `late_residual`: the served logits are those classifiers' mean plus
-        the fused term (see zoo.models.fusion.FusionHead)."""
+        when there are two or more modalities. `late_residual`: the served logits are those classifiers' logits
+        combined by `late_rule` (mean | product) plus the fused term (see zoo.models.fusion.FusionHead)."""
         self._fusion = dict(fusion_type=fusion_type, hidden_dim=hidden_dim, num_heads=num_heads, dropout=dropout,
                             modality_dropout=modality_dropout, auxiliary_heads=bool(auxiliary_heads),
-                            late_residual=bool(late_residual))
+                            late_residual=bool(late_residual), late_rule=str(late_rule))
         return self
 
     def set_head(self, head_type: str = "classification", dropout: float = 0.5) -> "MultiModalModelBuilder":

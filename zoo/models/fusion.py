@@ -215,10 +215,18 @@ class ClassificationHead(nn.Module):
 HEADS = {"classification": ClassificationHead}
 
 
-def late_fusion_logits(unimodal: list[torch.Tensor], presence: torch.Tensor) -> torch.Tensor:
-    """Mean of the present modalities' logits [B,K] (0 for a row with nothing present)."""
+LATE_RULES = ("mean", "product")
+
+
+def late_fusion_logits(unimodal: list[torch.Tensor], presence: torch.Tensor, rule: str = "mean") -> torch.Tensor:
+    """The present modalities' logits [B,K] combined: their mean ("mean"), or the sum of their log-probabilities
+    ("product": softmax of it is the renormalised product of the heads' probabilities, the Bayes posterior for
+    modalities independent given the class). 0 for a row with nothing present."""
     present = presence.float()
-    total = torch.einsum("bm,bmk->bk", present, torch.stack(unimodal, dim=1))
+    stacked = torch.stack(unimodal, dim=1)
+    if rule == "product":
+        return torch.einsum("bm,bmk->bk", present, torch.log_softmax(stacked.float(), dim=-1))
+    total = torch.einsum("bm,bmk->bk", present, stacked)
     return total / present.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
@@ -228,18 +236,21 @@ class FusionHead(nn.Module):
     `auxiliary_heads` (two or more modalities): a linear classifier per modality on its own embedding
     (`unimodal_logits`), trained by its own loss term (training.loss.auxiliary_weight) so every encoder keeps
     learning where the fused classifier relies on the strongest modality. By default they are training-only.
-    `late_residual`: the served logits are the mean of the present modalities' unimodal logits (late fusion, as
-    the late-fusion baseline averages single-modality models) plus the strategy's fused term, whose classifier
-    starts at zero: the model begins as late fusion and the fusion strategy learns only what the modalities add
-    together. Fusion attention still comes from the strategy."""
+    `late_residual`: the served logits are the present modalities' unimodal logits combined by `late_rule` (late
+    fusion: "mean" of the logits, or "product", the sum of their log-probabilities) plus the strategy's fused term,
+    whose classifier starts at zero: the model begins as late fusion and the fusion strategy learns only what the
+    modalities add together. Fusion attention still comes from the strategy."""
 
     def __init__(self, dims: list[int], num_classes: int, fusion_type: str = "attention", hidden_dim: int = 512,
                  num_heads: int = 8, dropout: float = 0.1, modality_dropout: float = 0.0,
                  head_type: str = "classification", head_dropout: float = 0.5, auxiliary_heads: bool = False,
-                 late_residual: bool = False):
+                 late_residual: bool = False, late_rule: str = "mean"):
         super().__init__()
         if late_residual and not auxiliary_heads:
             raise ValueError("fusion late_residual needs auxiliary_heads: true (the late term is their logits)")
+        if late_rule not in LATE_RULES:
+            raise ValueError(f"model.fusion.late_rule={late_rule!r}; choose one of {', '.join(LATE_RULES)}")
+        self.late_rule = late_rule
         if len(dims) == 1:
             fusion_type = "identity"
         elif fusion_type == "identity":
@@ -267,5 +278,5 @@ class FusionHead(nn.Module):
         fused, weights = self.fusion(embeddings, presence)
         logits = self.head(fused)
         if self.late_residual:
-            logits = logits + late_fusion_logits(self.unimodal_logits(embeddings), presence)
+            logits = logits + late_fusion_logits(self.unimodal_logits(embeddings), presence, self.late_rule)
         return logits, weights

@@ -18,7 +18,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from zoo.analysis.crossval import macro_f1, paired_bootstrap  # noqa: E402
-from zoo.analysis.late_fusion import average_predictions  # noqa: E402
+from zoo.analysis.late_fusion import fuse_predictions  # noqa: E402
 from zoo.spec import CLASS_NAMES, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE  # noqa: E402
 
 SINGLES = {"path": "pathology_only", "mri": "mri_only", "clin": "clinical_only"}
@@ -60,7 +60,7 @@ def main() -> int:
         for k in range(args.folds):
             fold = f"{seed}/fold{k}"
             val_l, test_l = (read(runs / args.entry / fold / f) for f in (VAL_PREDICTIONS_FILE, PREDICTIONS_FILE))
-            val_m, test_m = (average_predictions([read(runs / m / fold / f) for m in members])
+            val_m, test_m = (fuse_predictions([read(runs / m / fold / f) for m in members])
                              for f in (VAL_PREDICTIONS_FILE, PREDICTIONS_FILE))
             learned_ahead = f1(val_l) >= f1(val_m)
             w = max(WEIGHTS, key=lambda w: (f1(blend(val_l, val_m, w)), -log_loss(blend(val_l, val_m, w))))
