@@ -63,7 +63,7 @@ def classification_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, preds, labels=all_classes, zero_division=0
     )
-    metrics = {
+    return {
         "f1_macro": float(f1_score(labels, preds, labels=all_classes, average="macro", zero_division=0)),
         **({"f1_macro_ci95": macro_f1_interval(labels, preds, num_classes)} if f1_interval else {}),
         "auc_macro_ovr": macro_ovr_auc(labels, probs),
@@ -80,7 +80,6 @@ def classification_metrics(
         },
         "confusion_matrix": confusion_matrix(labels, preds, labels=all_classes).tolist(),
     }
-    return metrics
 
 
 def _fmt(value: float) -> str:
