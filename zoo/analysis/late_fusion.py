@@ -28,8 +28,8 @@ LATE_FUSION = "late (mean)"
 LATE_PRODUCT = "late (product)"
 LATE_FUSION_DIR = "late_fusion"
 # row-name prefix -> (fusion label in the leaderboard, combination rule)
-LATE_RULES: dict[str, tuple[str, str]] = {"late_fusion": (LATE_FUSION, "mean"),
-                                          "late_product": (LATE_PRODUCT, "product")}
+LATE_ROWS: dict[str, tuple[str, str]] = {"late_fusion": (LATE_FUSION, "mean"),
+                                         "late_product": (LATE_PRODUCT, "product")}
 _FLOOR = 1e-12  # a member's probability of exactly 0 would veto a class in the product
 
 
@@ -61,16 +61,24 @@ def fuse_predictions(tables: Sequence[pd.DataFrame], rule: str = "mean") -> pd.D
     return out
 
 
-def validation_metrics(members_per_fold: Sequence[Sequence[Path]], rule: str = "mean") -> dict[str, float] | None:
-    """Mean over folds of the macro F1 / AUC of the members' validation predictions combined by `rule` (every fold's
-    members given as run folders); None when a member run has no validation predictions."""
-    from zoo.analysis.crossval import pooled_metrics
-
+def validation_tables(members_per_fold: Sequence[Sequence[Path]]) -> list[list[pd.DataFrame]] | None:
+    """Every fold's members' validation predictions (members given as run folders); None when a member run has
+    none."""
     paths = [[Path(run) / VAL_PREDICTIONS_FILE for run in members] for members in members_per_fold]
     if not all(path.is_file() for members in paths for path in members):
         return None
-    scores = [pooled_metrics(fuse_predictions([pd.read_csv(p, dtype={"patient_id": str}) for p in members], rule))
-              for members in paths]
+    return [[pd.read_csv(p, dtype={"patient_id": str}) for p in members] for members in paths]
+
+
+def validation_metrics(tables_per_fold: Sequence[Sequence[pd.DataFrame]] | None,
+                       rule: str = "mean") -> dict[str, float] | None:
+    """Mean over folds of the macro F1 / AUC of each fold's member validation predictions combined by `rule`
+    (None without them)."""
+    from zoo.analysis.crossval import pooled_metrics
+
+    if tables_per_fold is None:
+        return None
+    scores = [pooled_metrics(fuse_predictions(tables, rule)) for tables in tables_per_fold]
     return {"f1_macro": float(np.mean([m["f1_macro"] for m in scores])),
             "auc_macro_ovr": float(np.mean([m["auc_macro_ovr"] for m in scores]))}
 
@@ -79,7 +87,7 @@ def late_fusion_rows(out_dir: Path, runs: pd.DataFrame, folds: int | None, singl
                      run_dir: Callable[[str, int, int | None], Path],
                      make_row: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows (in the sweep's run format, via `make_row(name, label, fusion, seed, metrics, val, params, train_time_s)`),
-    one per rule of LATE_RULES, for every subset of two or more single-modality entries (`runs` rows whose modalities
+    one per rule of LATE_ROWS, for every subset of two or more single-modality entries (`runs` rows whose modalities
     label is one of `single_labels`) that finished for a seed; the combined predictions land in
     out_dir/late_fusion/<name>/seed<s>/."""
     from zoo.analysis.crossval import out_of_fold_predictions, pooled_metrics
@@ -103,13 +111,15 @@ def late_fusion_rows(out_dir: Path, runs: pd.DataFrame, folds: int | None, singl
                     continue  # a member run without predictions (an older sweep): no row rather than a wrong one
                 member_rows = ok[ok["entry"].isin(members.values()) & (ok["seed"] == seed)]
                 params = float(member_rows.groupby("entry")["params"].first().sum())
-                for prefix, (fusion, rule) in LATE_RULES.items():
+                train_time_s = float(member_rows["train_time_s"].sum())
+                val_tables = validation_tables([[run_dir(members[m], int(seed), f if folds else None) for m in combo]
+                                                for f in range(folds_needed)])
+                for prefix, (fusion, rule) in LATE_ROWS.items():
                     fused = fuse_predictions(tables, rule)
-                    val = validation_metrics([[run_dir(members[m], int(seed), f if folds else None) for m in combo]
-                                              for f in range(folds_needed)], rule)
                     name = f"{prefix}-{'_'.join(combo)}"
                     target = out_dir / LATE_FUSION_DIR / name / f"seed{int(seed)}" / PREDICTIONS_FILE
                     atomic_write_text(target, fused.to_csv(index=False))
-                    found.append(make_row(name, label, fusion, int(seed), pooled_metrics(fused), val=val, params=params,
-                                          train_time_s=float(member_rows["train_time_s"].sum())))
+                    found.append(make_row(name, label, fusion, int(seed), pooled_metrics(fused),
+                                          val=validation_metrics(val_tables, rule), params=params,
+                                          train_time_s=train_time_s))
     return found
