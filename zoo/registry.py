@@ -22,6 +22,9 @@ FAMILY_DIR = CONFIG_DIR / "families"
 RECIPE_DIR = CONFIG_DIR / "recipes"
 RECIPES = spec.RECIPES  # configs/recipes/<recipe>.yaml; named once in zoo.spec
 FUSION_STRATEGIES: tuple[str, ...] = ("concatenate", "gated", "attention", "cross_attention", "bilinear")
+# Entry families with more than one modality: the learned strategies and `late` (no fused term: the product of the
+# per-modality heads, each trained on its own loss; zoo.models.fusion.FusionHead.heads_only)
+MULTIMODAL_FAMILIES: tuple[str, ...] = (*FUSION_STRATEGIES, spec.LATE_FUSION_TYPE)
 # 1.1: MIL input standardisation buffers; 1.2: cpu recipe = cnn_ssl, MRI T1+T2 with tail statistics, auxiliary heads;
 # 1.3: cpu recipe learning rate 5e-4 -> 2e-3 (the heads were undertrained in 30 epochs);
 # 1.4: cpu recipe MRI GroupNorm + gated network features, unimodal warm start of the fusion entries
@@ -97,7 +100,7 @@ def _declare() -> dict[str, Entry]:
     multimodal = [
         Entry(name=f"{fusion}{suffix}", modalities=modalities, fusion=fusion, family=fusion,
               description=f"{fusion} fusion of {' + '.join(_SHORT[m] for m in modalities)}")
-        for fusion in FUSION_STRATEGIES for suffix, modalities in MULTIMODAL_SUBSETS.items()
+        for fusion in MULTIMODAL_FAMILIES for suffix, modalities in MULTIMODAL_SUBSETS.items()
     ]
     unimodal = [
         Entry(name=name, modalities=(modality,), fusion="identity", family="unimodal", clinical_features=features,

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 MODALITIES: tuple[str, ...] = ("pathology", "mri", "clinical")
 
+# The fusion type with no fused term: the per-modality heads' predictions combined (zoo.models.fusion.FusionHead).
+LATE_FUSION_TYPE = "late"
+
 # Cohort splits (DIR/<split>_clinical.csv) and training recipes (configs/recipes/<recipe>.yaml).
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 RECIPES: tuple[str, ...] = ("gpu", "cpu", "tiny")

@@ -39,8 +39,8 @@ def check_outputs(model, logits, aux, batch):
 
 
 def test_registry_covers_every_fusion_and_subset():
-    assert len(ENTRIES) == 5 * 4 + 4
-    for fusion in ("concatenate", "gated", "attention", "cross_attention", "bilinear"):
+    assert len(ENTRIES) == 6 * 4 + 4
+    for fusion in ("concatenate", "gated", "attention", "cross_attention", "bilinear", "late"):
         assert {fusion, f"{fusion}-path_mri", f"{fusion}-path_clin", f"{fusion}-mri_clin"} <= set(ENTRIES)
     assert {"pathology_only", "mri_only", "clinical_only", "clinical_norec_only"} <= set(ENTRIES)
 

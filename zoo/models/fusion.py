@@ -11,7 +11,9 @@ fusion_attention by strategy:
 - gated: the sigmoid gates themselves (each in [0,1], 0 when missing; they do not sum to 1; with nothing
   present, the gates of the learned missing tokens);
 - concatenate, bilinear: presence-normalised uniform weights (1/#present on present modalities);
-- identity (single modality): 1.
+- identity (single modality): 1;
+- late (no fused term: the per-modality heads' predictions combined by model.fusion.late_rule, see FusionHead):
+  presence-normalised uniform weights.
 A row with no modality present gets uniform weights (gated: its gates) and a finite, constant (learned prior)
 output.
 """
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from zoo.lookup import lookup
+from zoo.spec import LATE_FUSION_TYPE
 from zoo.models.masking import masked_softmax, presence_weights
 
 
@@ -239,7 +242,11 @@ class FusionHead(nn.Module):
     `late_residual`: the served logits are the present modalities' unimodal logits combined by `late_rule` (late
     fusion: "mean" of the logits, or "product", the sum of their log-probabilities) plus the strategy's fused term,
     whose classifier starts at zero: the model begins as late fusion and the fusion strategy learns only what the
-    modalities add together. Fusion attention still comes from the strategy."""
+    modalities add together. Fusion attention still comes from the strategy.
+    fusion type `late` (`heads_only`): no fused term at all. Each modality has a classifier head like a
+    single-modality entry's (dropout + linear), and the served logits are their combination by `late_rule`; with
+    "product" and each head trained on its own loss (zoo.training.trainer), this is the product of experts of the
+    single-modality models, trained and served as one model."""
 
     def __init__(self, dims: list[int], num_classes: int, fusion_type: str = "attention", hidden_dim: int = 512,
                  num_heads: int = 8, dropout: float = 0.1, modality_dropout: float = 0.0,
@@ -253,6 +260,9 @@ class FusionHead(nn.Module):
         self.late_rule = late_rule
         if len(dims) == 1:
             fusion_type = "identity"
+        elif fusion_type == LATE_FUSION_TYPE:
+            self._init_heads_only(dims, num_classes, late_rule, head_type, head_dropout)
+            return
         elif fusion_type == "identity":
             raise ValueError(f"fusion type 'identity' needs exactly one modality, got {len(dims)}")
         if not 0.0 <= modality_dropout < 1.0:
@@ -265,14 +275,27 @@ class FusionHead(nn.Module):
         self.unimodal_heads = (nn.ModuleList(nn.Linear(d, int(num_classes)) for d in dims)
                                if auxiliary_heads and len(dims) > 1 else None)
         self.late_residual = bool(late_residual) and self.unimodal_heads is not None
+        self.heads_only = False
         if self.late_residual:
             self.head.zero_init()
+
+    def _init_heads_only(self, dims, num_classes, late_rule, head_type, head_dropout) -> None:
+        self.fusion_type = LATE_FUSION_TYPE
+        self.fusion = self.head = None
+        self.modality_dropout = 0.0  # nothing fused to regularise: each head sees its own modality only
+        head_class = lookup(HEADS, head_type, "head type")
+        self.unimodal_heads = nn.ModuleList(head_class(d, int(num_classes), float(head_dropout)) for d in dims)
+        self.late_residual = False
+        self.heads_only = True
 
     def unimodal_logits(self, embeddings: list[torch.Tensor]) -> list[torch.Tensor]:
         return [head(e.float()) for head, e in zip(self.unimodal_heads, embeddings)]
 
     def forward(self, embeddings: list[torch.Tensor], presence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         presence = presence.bool()
+        if self.heads_only:
+            return late_fusion_logits(self.unimodal_logits(embeddings), presence, self.late_rule), \
+                presence_weights(presence)
         if self.training and self.modality_dropout > 0:
             presence = drop_modalities(presence, self.modality_dropout)
         fused, weights = self.fusion(embeddings, presence)

@@ -39,6 +39,11 @@ class MultiModalModel(nn.Module):
         return getattr(self.fusion_head, "unimodal_heads", None) is not None
 
     @property
+    def heads_only(self) -> bool:
+        """Fusion type `late`: no fused term, the served logits combine the per-modality heads."""
+        return bool(getattr(self.fusion_head, "heads_only", False))
+
+    @property
     def embedding_dims(self) -> dict[str, int]:
         parts = {"pathology": self.mil, "mri": self.mri_encoder, "clinical": self.clinical_encoder}
         return {m: parts[m].out_dim for m in self.modalities}

@@ -188,7 +188,10 @@ class MultimodalTrainer:
         if self.warm_start_epochs < 0 or (self.warm_start_epochs and self.warm_start_epochs >= self.epochs):
             raise ValueError(f"training.warm_start_epochs={self.warm_start_epochs} must be >= 0 and below "
                              f"training.epochs={self.epochs} (fusion needs epochs after the warm start)")
-        if not getattr(self.module, "has_unimodal_heads", False):
+        # A heads-only model (fusion type late) has nothing fused to train: every epoch trains each head on its own
+        # loss alone, as the single-modality entries are trained, and checkpoints are selected on the combination.
+        self.heads_only = bool(getattr(self.module, "heads_only", False))
+        if not getattr(self.module, "has_unimodal_heads", False) or self.heads_only:
             self.warm_start_epochs = 0
         self._warming = False
 
@@ -275,8 +278,11 @@ class MultimodalTrainer:
                     logits, aux = self.model(model_inputs(batch))
                 loss = self.criterion(logits.float(), target)
                 if train:
-                    self._optimise(self.unimodal_loss(aux, target) if self._warming
-                                   else loss + self.auxiliary_weight * self.unimodal_loss(aux, target))
+                    if self.heads_only:  # the sum: each head and encoder gets exactly its single-modality gradient
+                        self._optimise(self.unimodal_loss(aux, target, reduction="sum"))
+                    else:
+                        self._optimise(self.unimodal_loss(aux, target) if self._warming
+                                       else loss + self.auxiliary_weight * self.unimodal_loss(aux, target))
                 n = int(target.shape[0])
                 total_loss += float(loss.detach()) * n
                 total_n += n
@@ -294,16 +300,19 @@ class MultimodalTrainer:
             raise ValueError(f"{desc or 'a'} loader produced no samples; is the split empty?")
         return EpochOutput(total_loss / total_n, np.concatenate(labels), np.concatenate(probs), list(ids))
 
-    def unimodal_loss(self, aux: Mapping[str, Any], target: torch.Tensor) -> torch.Tensor | float:
-        """The mean, over modalities, of each unimodal head's loss on the samples that have that modality (0
-        without unimodal heads). Reported losses stay the fused prediction's alone."""
+    def unimodal_loss(self, aux: Mapping[str, Any], target: torch.Tensor,
+                      reduction: str = "mean") -> torch.Tensor | float:
+        """The mean (or sum), over modalities, of each unimodal head's loss on the samples that have that modality
+        (0 without unimodal heads). Reported losses stay the fused prediction's alone."""
         unimodal = aux.get(AUX_UNIMODAL_LOGITS)
         if not unimodal:
             return 0.0
         presence = aux[AUX_PRESENCE].bool()
         terms = [self.criterion(logits[presence[:, i]].float(), target[presence[:, i]])
                  for i, logits in enumerate(unimodal.values()) if presence[:, i].any()]
-        return torch.stack(terms).mean() if terms else 0.0
+        if not terms:
+            return 0.0
+        return torch.stack(terms).sum() if reduction == "sum" else torch.stack(terms).mean()
 
     def _optimise(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
