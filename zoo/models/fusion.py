@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from zoo.lookup import lookup
-from zoo.spec import LATE_FUSION_TYPE
 from zoo.models.masking import masked_softmax, presence_weights
+from zoo.spec import LATE_FUSION_TYPE
 
 
 class ProjectedModalities(nn.Module):
