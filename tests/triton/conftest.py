@@ -14,7 +14,7 @@ from triton_repo.plan import BuildOptions
 from triton_repo.server import TritonServer, free_port
 
 ENTRY = "attention"               # all three modalities
-SECOND_ENTRY = "gated-path_clin"  # a second entry side by side: another fusion, without MRI
+SECOND_ENTRY = "late-path_clin"   # a second entry side by side: the product of experts, without MRI
 MAX_PATCH_BATCH = 128
 TOL = 1e-4                        # issue #6: Triton equals in-process PyTorch within 1e-4
 
