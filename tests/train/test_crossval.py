@@ -182,6 +182,24 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
                       train_fn=lambda name, **kw: trained.append(name))
     assert trained == []
     pd.testing.assert_frame_equal(again.reset_index(drop=True), table.reset_index(drop=True))
+    # --merge: an entry run later on the same folds joins the sweep's leaderboard, late rows and shape
+    train = lambda name, **kw: run_training(name, **kw, progress=False, log=lambda _m: None)  # noqa: E731
+    run_sweep(["clinical_norec_only"], seeds=[0], recipe="tiny", data_dir=easy_cohort, output_root=tmp_path,
+              name="later", overrides=["training.epochs=1"], folds=3, log=lambda _m: None, train_fn=train)
+    later, merged = tmp_path / "sweeps" / "later", tmp_path / "merged"
+    assert sweep_main(["--merge", str(merged), str(tmp_path / "archive"), str(later)]) == 0
+    both = pd.read_csv(merged / "leaderboard.csv").set_index("entry")
+    assert sorted(both.index) == sorted([*table["entry"], "clinical_norec_only"])
+    pd.testing.assert_series_equal(both.loc["clinical_only"], board.set_index("entry").loc["clinical_only"])
+    assert both.loc["clinical_norec_only", "test_f1_mean"] == pytest.approx(
+        pd.read_csv(later / "leaderboard.csv").set_index("entry").loc["clinical_norec_only", "test_f1_mean"])
+    assert len(pd.read_csv(merged / "runs.csv")) == 12 and (merged / "ablation_shape.md").is_file()
+    assert not list(merged.rglob("*.pt"))
+    assert sweep_main(["--merge", str(tmp_path / "m2"), str(out), str(tmp_path / "archive")]) == 2  # runs twice
+    assert sweep_main(["--merge", str(merged), str(out), str(later)]) == 2  # dest already a sweep
+    run_sweep(["clinical_only"], seeds=[1], recipe="tiny", data_dir=easy_cohort, output_root=tmp_path,
+              name="other_folds", overrides=["training.epochs=1"], folds=2, log=lambda _m: None, train_fn=train)
+    assert sweep_main(["--merge", str(tmp_path / "m3"), str(out), str(tmp_path / "sweeps" / "other_folds")]) == 2
 
 
 def test_folds_below_two_are_refused_on_the_command_line(capsys):

@@ -3,6 +3,7 @@
     python -m zoo.sweep PATTERN [PATTERN ...] [--recipe cpu] [--seeds 0 1 2] [--data-dir DIR] [--name NAME]
     python -m zoo.sweep PATTERN ... --resume              # after an interruption: finished runs are kept
     python -m zoo.sweep --report outputs/sweeps/<name>     # redraw leaderboard + charts from runs.csv
+    python -m zoo.sweep --merge outputs/sweeps/all outputs/sweeps/A outputs/sweeps/B   # k-fold sweeps, same folds
     python -m zoo.sweep PATTERN ... --folds 5              # k-fold cross-validation over the whole cohort
 
 Writes outputs/sweeps/<name>/: runs.csv (one row per entry x seed, failures included), leaderboard.csv/.md
@@ -381,10 +382,9 @@ def run_sweep(
     return table
 
 
-def report_sweep(out_dir: str | Path) -> pd.DataFrame:
-    """Rewrite a finished sweep's leaderboard and charts from its runs.csv (no training); labels follow the registry."""
-    out_dir = Path(out_dir)
-    path = out_dir / "runs.csv"
+def read_runs(out_dir: Path) -> pd.DataFrame:
+    """A sweep folder's runs.csv, checked."""
+    path = Path(out_dir) / "runs.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; give the folder of a sweep (outputs/sweeps/<name>)")
     runs = pd.read_csv(path, keep_default_na=False, na_values=[""])
@@ -393,6 +393,13 @@ def report_sweep(out_dir: str | Path) -> pd.DataFrame:
     missing = [c for c in RUN_COLUMNS if c not in runs.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {missing}; it was not written by zoo.sweep")
+    return runs
+
+
+def report_sweep(out_dir: str | Path) -> pd.DataFrame:
+    """Rewrite a finished sweep's leaderboard and charts from its runs.csv (no training); labels follow the registry."""
+    out_dir = Path(out_dir)
+    runs = read_runs(out_dir)
     entries = {name: _entry(name) for name in runs["entry"].unique()}
     runs["modalities"] = [modality_label(entries[n].modalities, entries[n].clinical_features) for n in runs["entry"]]
     runs["error"] = runs["error"].fillna("")
@@ -435,6 +442,50 @@ def archive_sweep(out_dir: str | Path, dest: str | Path) -> list[Path]:
             for path in wanted]
 
 
+def merge_sweeps(dest: str | Path, sources: Sequence[str | Path]) -> pd.DataFrame:
+    """One k-fold sweep from several run on the same cohort and folds (an entry added later, a second seed run
+    apart): their runs.csv rows together, each run's results copied without checkpoints (as --archive keeps them),
+    then the leaderboard, late-fusion rows and ablation shape drawn over all of them (`report_sweep`). Refused: a
+    source that is not a k-fold sweep, an entry x seed x fold found in two sources, a fold whose test patients differ
+    between sources (not the same folds), a `dest` that already holds a sweep."""
+    dest, sources = Path(dest), [Path(s) for s in sources]
+    if (dest / "runs.csv").exists():
+        raise FileExistsError(f"{dest} already holds a sweep (runs.csv); merge into a new folder")
+    frames = []
+    for source in sources:
+        runs = read_runs(source)
+        if runs["fold"].isna().any():
+            raise ValueError(f"{source} is not a k-fold sweep (run with --folds); only k-fold sweeps merge")
+        frames.append(runs.assign(source=str(source)))
+    merged = pd.concat(frames, ignore_index=True)
+    merged["seed"], merged["fold"] = merged["seed"].astype(int), merged["fold"].astype(int)
+    twice = merged[merged.duplicated(["entry", "seed", "fold"], keep=False)]
+    if not twice.empty:
+        row = twice.iloc[0]
+        raise ValueError(f"{row['entry']} seed {row['seed']} fold {row['fold']} is in more than one source "
+                         f"({', '.join(sorted(set(twice['source'])))}); merge sweeps of different entries or seeds")
+    test_patients: dict[int, tuple[frozenset, str]] = {}
+    for row in merged[merged["status"] == "ok"].itertuples():
+        run_dir = run_path(Path(row.source), row.entry, row.seed, row.fold)
+        ids = frozenset(pd.read_csv(run_dir / PREDICTIONS_FILE, usecols=["patient_id"], dtype=str)["patient_id"])
+        first = test_patients.setdefault(row.fold, (ids, row.source))
+        if first[0] != ids:
+            raise ValueError(f"fold {row.fold} tests other patients in {row.source} than in {first[1]}: the sweeps "
+                             "were not run on the same cohort and folds")
+        for name in ARCHIVED_RUN_FILES:
+            if (run_dir / name).is_file():
+                target = run_path(dest, row.entry, row.seed, row.fold) / name
+                atomic_write(target, lambda tmp, src=run_dir / name: shutil.copy2(src, tmp))
+    ceilings: dict[str, float] = {}
+    for source in sources:  # one cohort (checked above): the sources' Bayes ceilings, each subset once
+        for label, value in read_ceilings(source).items():
+            ceilings.setdefault(label, value)
+    if ceilings:
+        atomic_write_json(dest / CEILINGS_FILE, ceilings)
+    atomic_write_text(dest / "runs.csv", merged.drop(columns="source").to_csv(index=False))
+    return report_sweep(dest)
+
+
 def _entry(name: str) -> Any:
     from zoo.registry import get_entry
 
@@ -454,6 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--archive", nargs=2, metavar=("SWEEP_DIR", "DEST"), default=None,
                         help="no training: copy SWEEP_DIR's results without checkpoints to DEST (to commit or "
                              "share; copied back, --resume continues from it)")
+    parser.add_argument("--merge", nargs="+", metavar=("DEST", "SWEEP_DIR"), default=None,
+                        help="no training: DEST SWEEP_DIR [SWEEP_DIR ...]: one sweep from k-fold sweeps run on the "
+                             "same cohort and folds (e.g. an entry added later), reported together")
     parser.add_argument("--recipe", choices=RECIPES, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--folds", type=int, default=None, metavar="K",
@@ -470,6 +524,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         copied = archive_sweep(*args.archive)
         print(f"{len(copied)} files of {args.archive[0]} copied to {args.archive[1]}")
         return 0
+    if args.merge:
+        if len(args.merge) < 3:
+            parser.error("--merge takes DEST and at least two sweep folders")
+        try:
+            table = merge_sweeps(args.merge[0], args.merge[1:])
+        except (FileNotFoundError, FileExistsError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print((Path(args.merge[0]) / "leaderboard.md").read_text())
+        return 0 if not table.empty else 1
     overrides = [p for p in args.patterns if "=" in p]
     patterns = [p for p in args.patterns if "=" not in p]
     if not patterns:
