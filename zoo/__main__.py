@@ -21,10 +21,9 @@ def count_parameters(name: str, recipe: str) -> int:
 
     from zoo.models.builder import build_model_from_config
 
-    config = get_entry(name).config(recipe, [("model.modalities.pathology.pretrained", False)]
-                                    if "pathology" in get_entry(name).modalities else [])
-    with torch.device("meta"):
-        model = build_model_from_config(config["model"])
+    config = get_entry(name).config(recipe)
+    with torch.device("meta"):  # shapes only: no pretrained weights are looked for (cnn_ssl's are made per cohort)
+        model = build_model_from_config(config["model"], load_pretrained=False)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -178,6 +178,10 @@ def test_cli_lists_entries_and_prints_configs(capsys):
     assert zoo_main(["list", "--include", "*_only", "--recipe", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "clinical_norec_only" in out and "attention" not in out and "identity" in out
+    # the default (cpu) recipe lists on a machine without any cnn_ssl weights: counting parameters loads none
+    assert zoo_main(["list", "--include", "late", "attention"]) == 0
+    out = capsys.readouterr().out
+    assert "708,679" in out and "654,530" in out and "late" in out
     assert zoo_main(["config", "mri_only", "--recipe", "tiny", "--set", "training.epochs=7"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["training"]["epochs"] == 7 and list(config["model"]["modalities"]) == ["mri"]
