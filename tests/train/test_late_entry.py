@@ -87,6 +87,7 @@ def test_no_warm_start_checkpoints_are_chosen_from_the_first_epoch_on():
     epochs = [m for m in messages if m.startswith("epoch ")]
     assert len(epochs) == 2 and "*best*" in epochs[0]
     assert not any("warm start" in m for m in epochs)
+    assert any("warm_start_epochs and training.loss.auxiliary_weight do not apply" in m for m in messages)
 
 
 @pytest.mark.parametrize("name", list_entries("late*"))

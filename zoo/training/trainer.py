@@ -191,6 +191,9 @@ class MultimodalTrainer:
         # A heads-only model (fusion type late) has nothing fused to train: every epoch trains each head on its own
         # loss alone, as the single-modality entries are trained, and checkpoints are selected on the combination.
         self.heads_only = bool(getattr(self.module, "heads_only", False))
+        if self.heads_only and (self.warm_start_epochs or self.auxiliary_weight):
+            self.log("fusion type late: each modality's head trains on its own loss every epoch; "
+                     "training.warm_start_epochs and training.loss.auxiliary_weight do not apply")
         if not getattr(self.module, "has_unimodal_heads", False) or self.heads_only:
             self.warm_start_epochs = 0
         self._warming = False
