@@ -281,11 +281,7 @@ class MultimodalTrainer:
                     logits, aux = self.model(model_inputs(batch))
                 loss = self.criterion(logits.float(), target)
                 if train:
-                    if self.heads_only:  # the sum: each head and encoder gets exactly its single-modality gradient
-                        self._optimise(self.unimodal_loss(aux, target, reduction="sum"))
-                    else:
-                        self._optimise(self.unimodal_loss(aux, target) if self._warming
-                                       else loss + self.auxiliary_weight * self.unimodal_loss(aux, target))
+                    self._optimise(self.training_loss(loss, aux, target))
                 n = int(target.shape[0])
                 total_loss += float(loss.detach()) * n
                 total_n += n
@@ -302,6 +298,16 @@ class MultimodalTrainer:
         if total_n == 0:
             raise ValueError(f"{desc or 'a'} loader produced no samples; is the split empty?")
         return EpochOutput(total_loss / total_n, np.concatenate(labels), np.concatenate(probs), list(ids))
+
+    def training_loss(self, fused_loss: torch.Tensor, aux: Mapping[str, Any], target: torch.Tensor) -> torch.Tensor:
+        """What is optimised: a heads-only model, the sum of its heads' losses (each head and encoder gets exactly
+        its single-modality gradient); during the warm start, the unimodal heads' loss; else the fused loss plus the
+        weighted unimodal one."""
+        if self.heads_only:
+            return self.unimodal_loss(aux, target, reduction="sum")
+        if self._warming:
+            return self.unimodal_loss(aux, target)
+        return fused_loss + self.auxiliary_weight * self.unimodal_loss(aux, target)
 
     def unimodal_loss(self, aux: Mapping[str, Any], target: torch.Tensor,
                       reduction: str = "mean") -> torch.Tensor | float:
