@@ -30,6 +30,16 @@ MULTIMODAL_FAMILIES: tuple[str, ...] = (*FUSION_STRATEGIES, spec.LATE_FUSION_TYP
 # 1.4: cpu recipe MRI GroupNorm + gated network features, unimodal warm start of the fusion entries
 ZOO_VERSION = "1.4"
 
+# Recipe keys a family does not use, reset after the recipe (a user's override still wins, and the trainer says it
+# is ignored): a `late` model has no fused term, so no warm start before it, no auxiliary weight beside it and no
+# late residual under it; its resolved config.yaml then says what training does.
+NOT_APPLICABLE: dict[str, dict[str, Any]] = {
+    spec.LATE_FUSION_TYPE: {
+        "training": {"warm_start_epochs": 0, "loss": {"auxiliary_weight": 0.0}},
+        "model": {"fusion": {"late_residual": False}},
+    },
+}
+
 # name suffix -> modality subset (multimodal); "" = all three
 MULTIMODAL_SUBSETS: dict[str, tuple[str, ...]] = {
     "": spec.MODALITIES,
@@ -84,6 +94,7 @@ class Entry:
             (str(self.family_config), read_yaml(self.family_config)),
             (f"entry {self.name}", self.own_config()),
             (str(recipe_path), read_yaml(recipe_path)),
+            (f"family {self.family}: recipe keys that do not apply", NOT_APPLICABLE.get(self.family, {})),
             ("overrides", override_tree(overrides)),
         ])
 

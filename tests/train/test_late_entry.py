@@ -96,5 +96,12 @@ def test_late_entries_are_heads_only_products(name):
     assert entry.fusion == "late" and len(entry.modalities) >= 2
     config = entry.config("cpu")
     assert config["model"]["fusion"]["type"] == "late" and config["model"]["fusion"]["late_rule"] == "product"
+    # the recipe's fusion-training keys are reset, so the saved config.yaml says what training does
+    for recipe in entry.recipes:
+        resolved = entry.config(recipe)
+        assert resolved["training"]["warm_start_epochs"] == 0
+        assert resolved["training"]["loss"]["auxiliary_weight"] == 0.0
+        assert resolved["model"]["fusion"]["late_residual"] is False
+    assert entry.config("cpu", ["training.warm_start_epochs=3"])["training"]["warm_start_epochs"] == 3
     model = entry.build_model("tiny")
     assert model.heads_only and len(model.fusion_head.unimodal_heads) == len(entry.modalities)
