@@ -232,5 +232,10 @@ def test_compare_runs_pairs_two_settings_on_the_same_patients(tmp_path, capsys):
     assert crossval_main([str(tmp_path / "a"), str(tmp_path / "b"), "--resamples", "200"]) == 0
     out = capsys.readouterr().out
     assert "| 0, 1 | 3 | 0.900 | 1.000 |" in out and "| 0, 1 | 3 | 0.500 |" in out and ": a ahead." in out
+    # per seed: F1, AUC and every class's recall (a predicts every patient right)
+    perfect = "1.000, 1.000, 1.00 / 1.00 / 1.00 / 1.00"
+    assert f"- a: seed 0: {perfect}; seed 1: {perfect}" in out
+    noisy_recall = [np.mean(noisy[y == k] == k) for k in range(4)]
+    assert "- b: seed 0: " in out and " / ".join(f"{r:.2f}" for r in noisy_recall) in out
     assert crossval_main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
     assert "no finished k-fold seed" in capsys.readouterr().err

@@ -135,9 +135,12 @@ def compare_runs(a: Path, b: Path, resamples: int = 2000) -> dict:
         seeds = finished_seed_runs(entry_dir)
         tables[key] = [out_of_fold_predictions(folds) for folds in seeds.values()]
         val = [json.loads((f / METRICS_FILE).read_text())["best_val_f1"] for folds in seeds.values() for f in folds]
+        pooled = [pooled_metrics(t) for t in tables[key]]
         summary[key] = {"run": str(entry_dir), "seeds": sorted(seeds), "folds": len(next(iter(seeds.values()))),
                         "mean_val_f1": float(np.mean(val)),
-                        "out_of_fold_f1": float(np.mean([pooled_metrics(t)["f1_macro"] for t in tables[key]]))}
+                        "out_of_fold_f1": float(np.mean([m["f1_macro"] for m in pooled])),
+                        "per_seed": [{"f1": m["f1_macro"], "auc": m["auc_macro_ovr"],
+                                      "recall": [m["per_class"][c]["recall"] for c in CLASS_NAMES]} for m in pooled]}
     return {**summary, **paired_bootstrap(tables["a"], tables["b"], resamples=resamples)}
 
 
@@ -147,6 +150,12 @@ def comparison_markdown(result: dict) -> str:
         r = result[key]
         lines.append(f"| {r['run']} | {', '.join(map(str, r['seeds']))} | {r['folds']} | {r['mean_val_f1']:.3f} | "
                      f"{r['out_of_fold_f1']:.3f} |")
+    lines += ["", f"Out-of-fold, per seed: macro F1, macro AUC, recall {' / '.join(CLASS_NAMES)}", ""]
+    for key in ("a", "b"):
+        r = result[key]
+        lines.append(f"- {key}: " + "; ".join(
+            f"seed {seed}: {m['f1']:.3f}, {m['auc']:.3f}, " + " / ".join(f"{x:.2f}" for x in m["recall"])
+            for seed, m in zip(r["seeds"], r["per_seed"])))
     verdict = ("a ahead" if result["ci_low"] > 0 else "b ahead" if result["ci_high"] < 0 else
                "no difference beyond the bootstrap noise")
     lines += ["", f"a - b: Δ out-of-fold macro F1 {result['delta_f1']:+.3f}, 95 % interval "
