@@ -77,6 +77,44 @@ def test_pretraining_reads_no_labels(cohort_copy, tmp_path):
     assert alone.provenance["weights_sha256"] == full.provenance["weights_sha256"]
 
 
+def test_weights_depend_only_on_the_recorded_inputs(cohort_copy, tmp_path):
+    """The artifact is a function of its key's inputs: the caller's random state (a training seed, an earlier
+    model) changes nothing in the weights, and pretraining leaves the caller's random state as it found it, so a
+    run that builds the artifact initialises its model as a run that reuses it does."""
+    tiling = cohort_copy / "wsi_patches" / TILING
+    other = tmp_path / "other_copy"
+    shutil.copytree(tiling, other / "wsi_patches" / TILING)
+    torch.manual_seed(1)
+    first = ensure_pretrained(cohort_copy, tiling, "cnn_ssl", INPUT_SIZE, TINY, **QUIET)
+    after_first = torch.rand(4)
+    torch.manual_seed(123)
+    torch.rand(17)  # a different caller state, also part-way through its stream
+    state = torch.get_rng_state()
+    second = ensure_pretrained(other, other / "wsi_patches" / TILING, "cnn_ssl", INPUT_SIZE, TINY, **QUIET)
+    assert not second.reused
+    assert second.provenance["weights_sha256"] == first.provenance["weights_sha256"]
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(4), after_first)
+
+
+def test_a_run_that_builds_the_caches_equals_one_that_reuses_them(cohort_copy, tmp_path):
+    """The same command twice on one cohort: the first run pretrains the encoder and fills the feature cache, the
+    second finds both. Their predictions must be the same (the quickstart on a fresh clone is the first kind)."""
+    import pandas as pd
+
+    recipe = [f"model.modalities.pathology.pretraining.{k}={v}" for k, v in dataclasses.asdict(TINY).items()]
+    overrides = ["model.modalities.pathology.backbone=cnn_ssl", f"model.modalities.pathology.input_size={INPUT_SIZE}",
+                 "model.modalities.pathology.freeze=true", "training.feature_cache=true",
+                 "data.modalities.pathology.patch_size=64", "training.epochs=1", *recipe]
+    runs = [tmp_path / "builds", tmp_path / "reuses"]
+    for run in runs:
+        run_training("attention", recipe="tiny", data_dir=cohort_copy, output_dir=run, overrides=overrides, **QUIET)
+    assert len(list((cohort_copy / "pretrained").iterdir())) == 1
+    first, second = (pd.read_csv(run / "test_predictions.csv") for run in runs)
+    pd.testing.assert_frame_equal(first, second)
+
+
 def test_training_makes_the_encoder_records_it_and_exports(cohort_copy, tmp_path):
     from export.formats import FORMATS
     from export.manifest import load_manifest

@@ -38,7 +38,7 @@ from zoo.hashing import sha256_file
 from zoo.models.patch_encoders import PROVENANCE_FILE, PatchEncoder
 from zoo.models.patch_encoders import read_provenance as read_weights_provenance
 
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2  # 2: the encoder's init is drawn from recipe.seed (1 drew it from the caller's state)
 PRETRAINED_DIRNAME = "pretrained"
 WEIGHTS_FILE = "model.safetensors"
 METHOD = "SimCLR (NT-Xent), two views: random resized crop, flips, 90-degree rotations, colour gain and brightness"
@@ -222,8 +222,13 @@ def ensure_pretrained(data_dir: str | os.PathLike, tiling_dir: str | os.PathLike
     log(f"self-supervised {backbone}: no artifact for this tiling and recipe; pretraining ({METHOD}; no labels)")
     t0 = time.perf_counter()
     patches, used = load_patches(tiling_dir, recipe, progress)
-    encoder = PatchEncoder(backbone, pretrained=False, freeze=False, input_size=input_size, weights=False)
-    history = train_simclr(encoder, patches, recipe, progress, log)
+    # The weights must be a function of the key's inputs alone: the random init is drawn from recipe.seed, and the
+    # caller's random state is restored after, so a run that builds the artifact initialises its own model exactly
+    # as a run that reuses it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        encoder = PatchEncoder(backbone, pretrained=False, freeze=False, input_size=input_size, weights=False)
+        history = train_simclr(encoder, patches, recipe, progress, log)
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_orphaned_temps(directory.parent)
     staging = make_temp_dir(directory.parent, directory.name)
