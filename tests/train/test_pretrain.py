@@ -24,6 +24,11 @@ INPUT_SIZE = 32
 TINY = PretrainRecipe(epochs=2, batch_size=32, patches_per_slide=4, max_patches=128, lr=0.003,
                       weight_decay=1e-4, temperature=0.2, min_crop_scale=0.35, projection_dim=16, seed=0)
 QUIET = dict(progress=False, log=lambda _m: None)
+# one epoch of training on the frozen cnn_ssl encoder, pretrained with TINY, features cached
+SSL_TRAINING = ["model.modalities.pathology.backbone=cnn_ssl", f"model.modalities.pathology.input_size={INPUT_SIZE}",
+                "model.modalities.pathology.freeze=true", "training.feature_cache=true",
+                "data.modalities.pathology.patch_size=64", "training.epochs=1",
+                *(f"model.modalities.pathology.pretraining.{k}={v}" for k, v in dataclasses.asdict(TINY).items())]
 
 
 @pytest.fixture()
@@ -103,13 +108,9 @@ def test_a_run_that_builds_the_caches_equals_one_that_reuses_them(cohort_copy, t
     second finds both. Their predictions must be the same (the quickstart on a fresh clone is the first kind)."""
     import pandas as pd
 
-    recipe = [f"model.modalities.pathology.pretraining.{k}={v}" for k, v in dataclasses.asdict(TINY).items()]
-    overrides = ["model.modalities.pathology.backbone=cnn_ssl", f"model.modalities.pathology.input_size={INPUT_SIZE}",
-                 "model.modalities.pathology.freeze=true", "training.feature_cache=true",
-                 "data.modalities.pathology.patch_size=64", "training.epochs=1", *recipe]
     runs = [tmp_path / "builds", tmp_path / "reuses"]
     for run in runs:
-        run_training("attention", recipe="tiny", data_dir=cohort_copy, output_dir=run, overrides=overrides, **QUIET)
+        run_training("attention", recipe="tiny", data_dir=cohort_copy, output_dir=run, overrides=SSL_TRAINING, **QUIET)
     assert len(list((cohort_copy / "pretrained").iterdir())) == 1
     first, second = (pd.read_csv(run / "test_predictions.csv") for run in runs)
     pd.testing.assert_frame_equal(first, second)
@@ -122,12 +123,8 @@ def test_training_makes_the_encoder_records_it_and_exports(cohort_copy, tmp_path
     from export.pipeline import export_checkpoint
     from export.source import Target
 
-    recipe = [f"model.modalities.pathology.pretraining.{k}={v}" for k, v in dataclasses.asdict(TINY).items()]
-    overrides = ["model.modalities.pathology.backbone=cnn_ssl", f"model.modalities.pathology.input_size={INPUT_SIZE}",
-                 "model.modalities.pathology.freeze=true", "training.feature_cache=true",
-                 "data.modalities.pathology.patch_size=64", "training.epochs=1", *recipe]
     result = run_training("pathology_only", recipe="tiny", data_dir=cohort_copy, output_dir=tmp_path / "run",
-                          overrides=overrides, **QUIET)
+                          overrides=SSL_TRAINING, **QUIET)
     assert result["epochs_run"] == 1
     [artifact] = (cohort_copy / "pretrained").iterdir()
     state = load_checkpoint(tmp_path / "run" / "best.pt")
