@@ -35,6 +35,8 @@ def test_geometric_augment_keeps_pixels_and_is_seeded():
     for a, b in zip(out, bag):
         assert np.array_equal(np.sort(a.ravel()), np.sort(b.ravel()))
     np.testing.assert_array_equal(out, aug(bag, np.random.default_rng(5)))
+    moved = [any(not np.array_equal(a, b) for a, b in zip(aug(bag, np.random.default_rng(s)), bag)) for s in range(8)]
+    assert any(moved)
     jitter = PathologyAugment(False, 0, 0.2)(bag, np.random.default_rng(1))
     assert not np.array_equal(jitter, bag)
 
@@ -42,8 +44,17 @@ def test_geometric_augment_keeps_pixels_and_is_seeded():
 def test_mri_augment_and_config():
     vol = np.zeros((1, 8, 8, 4), np.float32)
     vol[0, 0, 0, 0] = 5
-    out = MRIAugment(random_flip=True, random_noise=0.01)(vol, np.random.default_rng(0))
-    assert out.shape == vol.shape and out.dtype == np.float32 and 0.003 < out.std() < 1.0
+    np.testing.assert_array_equal(MRIAugment(False, 0.0)(vol, np.random.default_rng(0)), vol)
+    corners = set()
+    for seed in range(16):
+        out = MRIAugment(random_flip=True, random_noise=0.01)(vol, np.random.default_rng(seed))
+        assert out.shape == vol.shape and out.dtype == np.float32
+        peak = np.unravel_index(out.argmax(), out.shape)
+        assert peak[3] == 0 and peak[1] in (0, 7) and peak[2] in (0, 7)  # flipped in-plane only, never across slices
+        corners.add(peak[1:3])
+        flipped = np.flip(vol, [axis for axis in (1, 2) if peak[axis] == 7])
+        assert 0.008 < (out - flipped).std() < 0.012  # the noise: std 0.01 on top of the flip
+    assert corners == {(0, 0), (0, 7), (7, 0), (7, 7)}
     aug = build_augmentation({"pathology": {"random_flip": True, "random_rotation": 90, "color_jitter": True,
                                             "stain_normalization": "macenko"},
                                             "mri": {"random_flip": True, "random_noise": 0.01}})

@@ -9,10 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from export import names
 from export.formats import FORMATS, ONNX_DTYPES, onnx_dims
 from export.manifest import load_manifest
 from export.parity import REPORT_JSON, REPORT_MD
-from export.parts import parts_for
+from export.parts import parts_for, pattern_label, presence_patterns
 from export.pipeline import export_checkpoint
 from export.source import Target
 from zoo.registry import list_entries
@@ -54,9 +55,15 @@ def test_entry_exports_with_parity(entry, tiny_checkpoint, sizes, tmp_path):
     assert sorted(p.name for p in export_dir.iterdir()) == sorted(
         [f"{n}.onnx" for n in expected_parts] + ["manifest.json", REPORT_JSON, REPORT_MD])
     assert manifest["parity"]["passed"] and manifest["parity"]["max_abs_diff_probabilities"] <= 1e-4
-    # Every part was checked at every size and presence pattern: bag sizes 1 and 3000 reach mil_pool.
+    # Every part was checked; the fusion head and the whole model at every presence pattern of the entry's
+    # modalities; bag sizes 1 and 3000 reach mil_pool.
     cases = {(c["part"], c["case"]) for c in json.loads((export_dir / REPORT_JSON).read_text())["cases"]}
     assert {p for p, _ in cases} == set(expected_parts)
+    patterns = presence_patterns(manifest["modalities"])
+    assert len(patterns) == 2 ** len(manifest["modalities"]) - 1
+    for part in {names.FUSION_HEAD, names.WHOLE_MODEL} & set(expected_parts):
+        want = {(part, f"present={pattern_label(manifest['modalities'], row)}") for row in patterns}
+        assert want <= cases, want - cases
     if "mil_pool" in expected_parts:
         assert {("mil_pool", "random N=1"), ("mil_pool", "random N=3000")} <= cases
     assert_manifest_matches_graphs(export_dir, manifest)

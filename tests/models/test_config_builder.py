@@ -181,7 +181,9 @@ def test_cli_lists_entries_and_prints_configs(capsys):
     # the default (cpu) recipe lists on a machine without any cnn_ssl weights: counting parameters loads none
     assert zoo_main(["list", "--include", "late", "attention"]) == 0
     out = capsys.readouterr().out
-    assert "708,679" in out and "654,530" in out and "late" in out
+    for name in ("late", "attention"):  # the counts the list prints are those of the models the cpu recipe builds
+        built = build_model_from_config(get_entry(name).config("cpu")["model"], load_pretrained=False)
+        assert f"{sum(p.numel() for p in built.parameters()):,}" in out
     assert zoo_main(["config", "mri_only", "--recipe", "tiny", "--set", "training.epochs=7"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["training"]["epochs"] == 7 and list(config["model"]["modalities"]) == ["mri"]

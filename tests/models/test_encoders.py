@@ -18,7 +18,8 @@ from zoo.models.encoders.pooling import ClsMeanPool
 from zoo.models.patch_encoders import PatchEncoder
 from zoo.registry import get_entry
 
-# Parameter counts of the published models (model cards / papers), as built here on the meta device.
+# Parameter counts of the published models (model cards / papers), as built here on the meta device; cnn_tiny and
+# cnn_ssl are this project's own small CNNs, their counts recorded from the code (a guard against silent changes).
 PARAMETERS = {
     "resnet18": 11_176_512, "resnet34": 21_284_672, "resnet50": 23_508_032, "resnet50_trunc": 8_543_296,
     "cnn_tiny": 6_088, "cnn_ssl": 97_680, "uni_v1": 303_350_784, "uni_v2": 681_394_176, "virchow2": 631_239_424,

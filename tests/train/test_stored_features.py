@@ -128,7 +128,7 @@ def test_clam_folder_feeds_the_dataset(easy_cohort, trident_job, tmp_path):
         with h5py.File(root / "h5_files" / f"{p.stem}.h5", "w") as fh:
             fh.create_dataset("features", data=feats)
             fh.create_dataset("coords", data=coords)
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="without coords"):
         ds = BreastCancerMultiModalDataset(easy_cohort, "train", use_mri=False, use_clinical=False, max_patches=8,
                                            external_features=root)
     assert ds.feature_folder.layout == "clam" and ds.feature_dim == 32

@@ -62,9 +62,15 @@ def test_warm_start_is_a_noop_without_unimodal_heads():
     model = _model(auxiliary_heads=False)
     fusion0 = _snapshot(model.fusion_head)
     data = _batches(n=1)
-    result = MultimodalTrainer(model, _config(epochs=2, warm=1), data, data, progress=False, log=lambda _m: None,
-                               device="cpu").train()
-    assert _changed(fusion0, model.fusion_head) and result["best_epoch"] >= 0
+    changed, messages = [], []
+    trainer = MultimodalTrainer(model, _config(epochs=2, warm=1), data, data, progress=False, log=messages.append,
+                                on_epoch_end=lambda _e, _r: changed.append(_changed(fusion0, model.fusion_head)),
+                                device="cpu")
+    trainer.train()
+    # the fused head trains from epoch 0 and no epoch is logged as a warm-start one
+    assert trainer.warm_start_epochs == 0 and changed[0]
+    epochs = [m for m in messages if m.startswith("epoch ")]
+    assert len(epochs) == 2 and not any("warm start" in m for m in epochs)
 
 
 def test_warm_start_must_leave_epochs_for_fusion():

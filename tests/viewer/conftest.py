@@ -110,13 +110,19 @@ def viewer(easy_cohort, checkpoints, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="session")
 def corrupt_cohort(easy_cohort, tmp_path_factory):  # noqa: F811
-    """A copy of the easy cohort in which one slide of a patient with MRI is garbage: (dir, patient, slide)."""
+    """A copy of the easy cohort in which one slide of a patient with MRI and other slides is garbage, and another
+    patient's MRI (raw and processed) is gone: (dir, patient, slide, patient without MRI)."""
     from zoo.viewer.cohort import Cohort
 
     root = tmp_path_factory.mktemp("corrupt") / "cohort"
     shutil.copytree(easy_cohort, root, symlinks=True, ignore=shutil.ignore_patterns("features"))
     cohort = Cohort(root)
-    patient = next(p for p in cohort.patients.values() if p.slides and p.mri)
+    patient = min((p for p in cohort.patients.values() if len(p.slides) >= 2 and p.mri), key=lambda p: len(p.slides))
     slide = cohort.slides[patient.slides[0]]
     slide.path.write_bytes(b"this is not a slide\n" * 64)
-    return root, patient.patient_id, slide.slide_id
+    no_mri = next(p.patient_id for p in cohort.patients.values()
+                  if p.slides and p.mri and p.patient_id != patient.patient_id)
+    shutil.rmtree(root / "mri_raw" / no_mri)
+    for path in (root / "mri_processed").glob(f"{no_mri}_*"):
+        path.unlink()
+    return root, patient.patient_id, slide.slide_id, no_mri

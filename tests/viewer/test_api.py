@@ -127,11 +127,13 @@ def test_patient_list_fills_in(viewer):
     done = [r for r in rows["patients"] if r["status"] == "ok"]
     assert done, "the detail test computed at least one patient"
     r = done[0]
-    assert r["predicted"] in rows["class_names"] and 0 <= r["probability"] <= 1 and isinstance(r["correct"], bool)
+    detail = viewer.get(f"/api/patients/{r['patient_id']}").json()["prediction"]
+    assert r["predicted"] == detail["predicted"] and isinstance(r["correct"], bool)
+    assert r["probability"] == pytest.approx(max(detail["probabilities"].values()))
 
 
 def test_unreadable_slide_leaves_the_rest_of_the_patient(corrupt_cohort, checkpoints):
-    root, pid, bad = corrupt_cohort
+    root, pid, bad, _ = corrupt_cohort
     server = serve(root, checkpoints["attention"], None)
     try:
         d = server.get(f"/api/patients/{pid}").json()
@@ -139,8 +141,11 @@ def test_unreadable_slide_leaves_the_rest_of_the_patient(corrupt_cohort, checkpo
         assert "cannot open" in slide["error"]
         assert d["prediction"]["status"] == "ok" and bad in d["prediction"]["skipped_slides"]
         assert d["mri"] and d["clinical"]
-        for other in (s for s in d["slides"] if s["slide_id"] != bad):
+        others = [s for s in d["slides"] if s["slide_id"] != bad]
+        assert others, "the fixture's patient has slides besides the bad one"
+        for other in others:
             assert other["error"] is None and other["heatmap"]
+        assert d["prediction"]["fusion_attention"]["pathology"] > 0  # the readable slides were used
         r = server.get(f"/api/slides/{bad}.dzi")
         assert r.status == 500 and bad in r.json()["detail"]
         assert server.get(f"/api/slides/{bad}_files/0/0_0.jpeg").status == 500
@@ -161,11 +166,19 @@ def test_model_without_pathology_says_so(easy_cohort, checkpoints):
         assert d["top_patches"] == []
         assert server.get(f"/api/slides/{sid}_files/0/0_0.jpeg").status == 200  # the slide still shows
         assert server.get(f"/api/slides/{sid}/heatmap.png").status == 404
-        no_mri = [p for p in server.state.cohort.patients.values() if not p.mri]
-        if no_mri:
-            d = server.get(f"/api/patients/{no_mri[0].patient_id}").json()
-            assert d["prediction"]["status"] == "ok" and d["mri"] == {}
-            assert any(m.startswith("MRI: no volume") for m in d["missing"])
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("model", ["attention", "concatenate-mri_clin"])
+def test_patient_without_mri_says_so(corrupt_cohort, checkpoints, model):
+    root, _, _, no_mri = corrupt_cohort
+    server = serve(root, checkpoints[model], None)
+    try:
+        d = server.get(f"/api/patients/{no_mri}").json()
+        assert d["prediction"]["status"] == "ok" and d["mri"] == {}
+        assert any(m.startswith("MRI: no volume") for m in d["missing"])
+        assert d["prediction"]["fusion_attention"]["mri"] == 0
     finally:
         server.stop()
 
