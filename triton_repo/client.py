@@ -277,10 +277,11 @@ class SlideClient:
 def patient_inputs(patient_id: str, data_dir: str | Path, manifest: mf.ExportManifest) -> dict[str, Any]:
     """A patient's files in the cohort layout (docs/ARCHITECTURE.md); what is missing is left out."""
     from zoo.data.files import validate_identifier
+    from zoo.data.tile import patient_slides
     patient_id = validate_identifier(patient_id)
     data_dir = Path(data_dir)
     found: dict[str, Any] = {}
-    slides = sorted((data_dir / "wsi_raw").glob(f"{patient_id}-*.svs"))
+    slides = patient_slides(data_dir / "wsi_raw", patient_id)
     if slides and PATHOLOGY in manifest.modalities:
         found["slides"] = slides
     sequences = (manifest.preprocessing.get("mri") or {}).get("sequences", ["T1"])

@@ -209,19 +209,20 @@ def _start_ray(workers: int) -> None:
     for that: started under `uv run`, it would rebuild the project environment inside a copy of the working
     directory for every worker (minutes, and without the optional `ray` extra, so the workers fail to start).
     """
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"  # read when ray is first imported ...
+    from zoo.ray_loopback import LOOPBACK_IP, loopback_after_import, loopback_environment
+
+    address = os.environ.get("RAY_ADDRESS") or None
+    loopback_environment(address)  # read when ray is first imported ...
     import ray
-    from ray._private import ray_constants
 
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     runtime_env = {"env_vars": {"PYTHONPATH": path}}
-    if os.environ.get("RAY_ADDRESS"):
+    if address:
         ray.init(runtime_env=runtime_env, log_to_driver=False)
         return
-    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False  # ... and here in case ray was imported before
-    ray.init(num_cpus=workers, include_dashboard=False, runtime_env={**runtime_env, "py_executable": sys.executable},
-             log_to_driver=False)
+    loopback_after_import()  # ... and here in case ray was imported before
+    ray.init(_node_ip_address=LOOPBACK_IP, num_cpus=workers, include_dashboard=False,
+             runtime_env={**runtime_env, "py_executable": sys.executable}, log_to_driver=False)
 
 
 def _ray(todo: list[Patient], data_dir: Path, options: ClientOptions, workers: int) -> Iterator[dict[str, Any]]:

@@ -27,7 +27,7 @@ from .feature_files import (
 from .mri import DEFAULT_OUTPUT_SHAPE, MRIError, processed_path
 from .patches import PatchSource
 from .prepare import mri_processed_dir, tiling_dir
-from .tile import SLIDE_SUFFIXES, load_coords, patch_read_size, resolution_options
+from .tile import SLIDE_SUFFIXES, load_coords, patch_read_size, resolution_options, slide_patient
 
 _SAMPLING_STREAM, _AUGMENT_STREAM = 0, 1
 
@@ -163,7 +163,7 @@ class BreastCancerMultiModalDataset(Dataset):
         wanted = set(self.patient_ids)
         owner = {}
         for slide_id in folder.files:
-            pid = slide_id if slide_id in wanted else slide_id.rsplit("-", 1)[0]
+            pid = slide_id if slide_id in wanted else slide_patient(slide_id)
             if pid in wanted:
                 owner[slide_id] = pid
         report = scan_feature_files(folder, sorted(owner), self.expected_feature_dim)
@@ -238,7 +238,7 @@ class BreastCancerMultiModalDataset(Dataset):
         wanted = set(self.patient_ids)
         for h5 in sorted(tiles.glob("*.h5")):
             slide_id = h5.stem
-            pid = slide_id.rsplit("-", 1)[0]
+            pid = slide_patient(slide_id)
             if pid not in wanted:
                 continue
             coords, attrs = load_coords(h5)

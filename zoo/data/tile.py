@@ -434,6 +434,18 @@ def find_slides(input_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(input_dir).iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
 
 
+def slide_patient(slide_id: str) -> str:
+    """The patient a slide belongs to in the cohort layout (wsi_raw/<patient_id>-<n>.<ext>; ids may hold '-')."""
+    return slide_id.rsplit("-", 1)[0]
+
+
+def patient_slides(slides_dir: str | os.PathLike, patient_id: str) -> list[Path]:
+    """One patient's slides in any supported format, assigned as training assigns them (not by a name prefix, which
+    would also take the slides of patient '<patient_id>-x')."""
+    slides_dir = Path(slides_dir)
+    return [p for p in find_slides(slides_dir) if slide_patient(p.stem) == patient_id] if slides_dir.is_dir() else []
+
+
 def tile_slides(
     paths: Iterable[str | os.PathLike],
     output_dir: str | os.PathLike,

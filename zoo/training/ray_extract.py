@@ -32,6 +32,7 @@ from zoo.locks import (
     owner_record,
     remove_empty_locks_dir,
 )
+from zoo.ray_loopback import LOOPBACK_IP, loopback_after_import, loopback_environment
 from zoo.training.extract import (
     ExtractReport,
     ExtractSettings,
@@ -108,18 +109,6 @@ class EncoderActor:
         return out
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-
-
-def loopback_environment(address: str | None) -> None:
-    """Before `import ray`: a local cluster (or one at a loopback address) stays on 127.0.0.1. Ray turns a loopback
-    node IP into the host's outward one unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its single-host mode); and
-    workers are this interpreter with this checkout on PYTHONPATH, not a `uv run` re-created per worker."""
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    if address is None or address.rsplit(":", 1)[0] in LOOPBACK_HOSTS:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
 def connect(address: str | None, num_cpus: int | None = None):
     """ray.init: to the cluster at `address`, or a new local one bound to 127.0.0.1 (no dashboard). Workers find
     this checkout through PYTHONPATH (a shared filesystem, as the slides need)."""
@@ -130,7 +119,8 @@ def connect(address: str | None, num_cpus: int | None = None):
     if ray.is_initialized():
         return False
     if address is None:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=num_cpus, runtime_env=runtime_env,
+        loopback_after_import()
+        ray.init(_node_ip_address=LOOPBACK_IP, include_dashboard=False, num_cpus=num_cpus, runtime_env=runtime_env,
                  log_to_driver=False, configure_logging=False)
     else:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, configure_logging=False)

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from zoo.data.files import InvalidIdentifierError, validate_identifier
-from zoo.data.tile import SLIDE_SUFFIXES
+from zoo.data.tile import SLIDE_SUFFIXES, slide_patient
 from zoo.spec import CLASS_NAMES, CLINICAL_ID, CLINICAL_LABEL, SPLITS
 
 MRI_SUFFIX = ".nii.gz"
@@ -97,7 +97,7 @@ class Cohort:
         for path in sorted(raw.iterdir()) if raw.is_dir() else []:
             if path.suffix.lower() not in SLIDE_SUFFIXES or path.name.startswith(".") or not path.is_file():
                 continue
-            slide_id, pid = path.stem, path.stem.rsplit("-", 1)[0]
+            slide_id, pid = path.stem, slide_patient(path.stem)
             if pid not in self.patients or slide_id in self.slides:
                 continue
             png, meta = masks / f"{slide_id}.png", masks / f"{slide_id}.json"
