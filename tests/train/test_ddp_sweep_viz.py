@@ -96,6 +96,15 @@ def test_sweep_writes_leaderboard_and_charts_and_survives_a_failed_entry(easy_co
               name="t", overrides=["training.epochs=1"], resume=True,
               train_fn=lambda name, **kw: trained.append(name) or train_or_fail(name, **kw), log=lambda _m: None)
     assert trained == ["clinical_only"]
+    # a damaged metrics.json is named in the log and its run trained again; the other runs are kept
+    finished.write_text('{"version": ')
+    trained.clear()
+    messages = []
+    run_sweep(["concatenate", "clinical_only"], seeds=[0], recipe="tiny", data_dir=easy_cohort, output_root=tmp_path,
+              name="t", overrides=["training.epochs=1"], resume=True,
+              train_fn=lambda name, **kw: trained.append(name) or train_or_fail(name, **kw), log=messages.append)
+    assert trained == ["clinical_only"]
+    assert any(str(finished) in m and "unreadable" in m for m in messages)
 
 
 def test_leaderboard_aggregates_seeds_and_skips_failures():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from zoo.spec import CLASS_NAMES, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
+from zoo.spec import CLASS_NAMES, METRICS_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 from zoo.training.pipeline import TrainingSetupError, run_training
 
 QUIET = dict(progress=False, log=lambda _m: None)
@@ -62,10 +62,16 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(easy_cohort, tmp
         if epoch == 0:
             raise KeyboardInterrupt  # as if killed after the first epoch's checkpoint
 
+    # an earlier, finished run's results in the same folder: a run from epoch 0 removes them before its first epoch
+    stale = (METRICS_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE)
+    (tmp_path / "cut").mkdir()
+    for name in stale:
+        shutil.copy(tmp_path / "full" / name, tmp_path / "cut" / name)
     with pytest.raises(KeyboardInterrupt):
         run_training("attention-path_clin", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "cut",
                      overrides=overrides, on_epoch_end=interrupt, **QUIET)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 0
+    assert not any((tmp_path / "cut" / name).exists() for name in stale)
     seen = []
     resumed = run_training("attention-path_clin", recipe="tiny", data_dir=easy_cohort, output_dir=tmp_path / "cut",
                            overrides=overrides, resume=True, on_epoch_end=lambda e, _r: seen.append(e), **QUIET)

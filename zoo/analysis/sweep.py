@@ -271,6 +271,23 @@ def run_path(out_dir: Path, name: str, seed: int, fold: int | None) -> Path:
     return run_dir if fold is None else run_dir / f"fold{fold}"
 
 
+def read_finished_run(run_dir: Path, where: str, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """A run's metrics.json (the trainer writes it last, and a run from epoch 0 removes an older one first), or None
+    where it is absent or unreadable (said, and the run is trained again)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        finished = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        log(f"{where}: {path} is unreadable ({type(exc).__name__}: {exc}): trained again")
+        return None
+    if not isinstance(finished, dict):
+        log(f"{where}: {path} holds no metrics object: trained again")
+        return None
+    return finished
+
+
 def late_fusion_row(name: str, label: str, fusion: str, seed: int, metrics: dict[str, Any],
                     val: dict[str, float] | None, params: float, train_time_s: float) -> dict[str, Any]:
     val = val or {"f1_macro": np.nan, "auc_macro_ovr": np.nan}
@@ -350,8 +367,8 @@ def run_sweep(
                 run_dir = fold_run_dir(out_dir, entry, seed, fold)
                 run_dirs.append(run_dir)
                 t0 = time.perf_counter()
-                if resume and (run_dir / METRICS_FILE).is_file():
-                    finished = json.loads((run_dir / METRICS_FILE).read_text())
+                finished = read_finished_run(run_dir, where, log) if resume else None
+                if finished is not None:
                     if str(finished.get("version", entry.version)) == entry.version:  # runs before 1.3 record none
                         fold_rows.append(run_row(entry, seed, finished, fold=fold))
                         log(f"{where}: finished earlier, read from {run_dir / METRICS_FILE}")

@@ -412,6 +412,11 @@ class MultimodalTrainer:
             atomic_write_text(self.output_dir / CONFIG_FILE, yaml.safe_dump(_plain(self.config), sort_keys=False))
         if self.resume:
             self._try_resume()
+        if self.start_epoch == 0 and self.output_dir is not None and ddp.is_main_process():
+            # A run from epoch 0 owns the folder: an earlier run's results must not pass for its own (zoo.sweep
+            # --resume reads a metrics.json as "finished"; export reads best.pt) if this one is stopped.
+            for stale in (METRICS_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE, BEST_CHECKPOINT):
+                (self.output_dir / stale).unlink(missing_ok=True)
         self._open_loggers()
         try:
             epoch = self.start_epoch
