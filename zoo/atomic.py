@@ -11,18 +11,25 @@ import os
 import re
 import secrets
 import shutil
+import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-# Temp names carry the writer's pid (".<name>.pid<pid>.<random>..."), so a later run can tell the leftovers of a
-# writer that was killed (SIGKILL, OOM killer, power loss: no cleanup ran) from files a live writer still owns.
-_ORPHAN_NAME = re.compile(r"^\.(.+?)\.pid(\d+)\.")
+# Temp names carry the writer's pid and host (".<name>.pid<pid>@<host>.<random>..."), so a later run can tell the
+# leftovers of a writer that was killed (SIGKILL, OOM killer, power loss: no cleanup ran) from files a live writer
+# still owns. A pid says nothing about another host's processes: another host's temp counts as orphaned only once
+# it has not been touched for OTHER_HOST_STALE_S (names without a host, written before hosts were recorded, are
+# judged as this host's).
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+_ORPHAN_NAME = re.compile(r"^\.(.+?)\.pid(\d+)(?:@([A-Za-z0-9-]+))?\.")
+OTHER_HOST_STALE_S = 24 * 3600
 
 
 def temp_prefix(name: str) -> str:
-    """Prefix for a temp file or dir standing in for `name`, tagged with this process's pid."""
-    return f".{name}.pid{os.getpid()}."
+    """Prefix for a temp file or dir standing in for `name`, tagged with this process's pid and this host."""
+    return f".{name}.pid{os.getpid()}@{_HOST}."
 
 
 def _pid_alive(pid: int) -> bool:
@@ -35,14 +42,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _orphaned(item: Path, pid: int, host: str | None) -> bool:
+    if host is not None and host != _HOST:
+        try:
+            return time.time() - item.lstat().st_mtime > OTHER_HOST_STALE_S
+        except FileNotFoundError:
+            return False
+    return not _pid_alive(pid)
+
+
 def remove_orphaned_temps(directory: str | os.PathLike, names: Iterable[str] | None = None,
                           any_pid: bool = False) -> list[Path]:
     """Delete temp files/dirs in `directory` whose writer process no longer exists; returns what was removed.
 
-    Pids are local to this machine (and PID namespace): several hosts writing into one shared directory should
-    not run this concurrently over the whole directory. `names` limits it to the temps standing in for those file
-    names (a job's own slides: another host's live writers of other slides are left alone); `any_pid` removes
-    them whatever their pid, for a caller that holds the lock every writer of those names takes (zoo.locks).
+    This host's temps are judged by their writer's pid; another host's (a directory shared by several nodes) only
+    once untouched for OTHER_HOST_STALE_S, so a live writer elsewhere keeps its temp. `names` limits it to the
+    temps standing in for those file names; `any_pid` removes them whatever their writer, for a caller that holds
+    the lock every writer of those names takes (zoo.locks).
     """
     directory = Path(directory)
     removed: list[Path] = []
@@ -53,7 +69,7 @@ def remove_orphaned_temps(directory: str | os.PathLike, names: Iterable[str] | N
         match = _ORPHAN_NAME.match(item.name)
         if match is None or (wanted is not None and match.group(1) not in wanted):
             continue
-        if not any_pid and _pid_alive(int(match.group(2))):
+        if not any_pid and not _orphaned(item, int(match.group(2)), match.group(3)):
             continue
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item, ignore_errors=True)

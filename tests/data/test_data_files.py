@@ -75,5 +75,36 @@ def test_staging_dirs_get_the_usual_permissions_and_pid_tagged_names(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(staging.stat().st_mode) == 0o755
-    assert staging.name.startswith(f".entry.partial.pid{os.getpid()}.")
+    assert staging.name.startswith(f".entry.partial.pid{os.getpid()}@")
     assert remove_orphaned_temps(tmp_path) == [] and staging.is_dir()  # its writer (this process) is alive
+
+
+def test_orphaned_temps_are_judged_by_pid_on_this_host_and_by_age_from_another(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from zoo.atomic import _HOST, OTHER_HOST_STALE_S, remove_orphaned_temps, temp_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    other = "elsewhere" if _HOST != "elsewhere" else "elsewhere2"
+    files = {
+        "mine_live": f"{temp_prefix('a.h5')}x.tmp.h5",
+        "mine_dead": f".b.h5.pid{dead}@{_HOST}.x.tmp.h5",
+        "old_format_dead": f".c.h5.pid{dead}.x.tmp.h5",           # written before hosts were recorded
+        "other_host_live": f".d.h5.pid{os.getpid()}@{other}.x.tmp.h5",
+        "other_host_dead_pid_fresh": f".e.h5.pid{dead}@{other}.x.tmp.h5",  # its pid means nothing here
+        "other_host_stale": f".f.h5.pid{dead}@{other}.x.tmp.h5",
+    }
+    for name in files.values():
+        (tmp_path / name).write_bytes(b"partial")
+    old = time.time() - OTHER_HOST_STALE_S - 60
+    os.utime(tmp_path / files["other_host_stale"], (old, old))
+    removed = {p.name for p in remove_orphaned_temps(tmp_path)}
+    assert removed == {files["mine_dead"], files["old_format_dead"], files["other_host_stale"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        files[k] for k in ("mine_live", "other_host_live", "other_host_dead_pid_fresh"))
+    left = set(os.listdir(tmp_path))
+    assert {p.name for p in remove_orphaned_temps(tmp_path, any_pid=True)} == left  # the lock holder takes all
