@@ -108,3 +108,27 @@ def test_orphaned_temps_are_judged_by_pid_on_this_host_and_by_age_from_another(t
         files[k] for k in ("mine_live", "other_host_live", "other_host_dead_pid_fresh"))
     left = set(os.listdir(tmp_path))
     assert {p.name for p in remove_orphaned_temps(tmp_path, any_pid=True)} == left  # the lock holder takes all
+
+
+def _square_or_die(x: int) -> int:
+    import os
+    import signal
+
+    if x == 5:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a segfault in a native reader would
+    if x == 7:
+        raise ValueError("seven")
+    return x * x
+
+
+def test_a_worker_that_dies_fails_its_item_only():
+    from zoo.data.files import WORKER_DIED, map_in_processes
+
+    ticks = []
+    items = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11]
+    out = map_in_processes(_square_or_die, items, 3, on_crash=lambda x, why: f"{x}: {why}",
+                           advance=lambda: ticks.append(1))
+    assert out == [x * x if x != 5 else f"5: {WORKER_DIED}" for x in items]
+    assert len(ticks) == len(items)
+    with pytest.raises(ValueError, match="seven"):  # the function's own errors are not swallowed
+        map_in_processes(_square_or_die, [1, 7], 2, on_crash=lambda x, why: None)

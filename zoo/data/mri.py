@@ -12,7 +12,6 @@ import gzip
 import os
 import sys
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.cli_help import HelpFormatter
 
-from .files import default_workers, validate_identifier
+from .files import default_workers, map_in_processes, validate_identifier
 
 SEQUENCES: tuple[str, ...] = ("T1", "T2")
 DEFAULT_TARGET_SPACING = (1.0, 1.0, 3.0)
@@ -214,8 +213,9 @@ def preprocess_dir(
     if n_workers == 1:
         results += [_process_one(t) for t in tqdm(tasks, **bar)]
     else:
-        with ProcessPoolExecutor(n_workers) as pool:
-            results += list(tqdm(pool.map(_process_one, tasks, chunksize=4), **bar))
+        with tqdm(**bar) as shown:
+            results += map_in_processes(_process_one, tasks, n_workers, advance=shown.update,
+                                        on_crash=lambda t, why: MRIResult(t[2], t[3], None, "failed", f"{t[0]}: {why}"))
     return results
 
 

@@ -22,7 +22,6 @@ import functools
 import math
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -39,7 +38,7 @@ from zoo.atomic import atomic_path, remove_orphaned_temps
 from zoo.cli_help import HelpFormatter
 
 from .feature_files import trident_coords_attrs
-from .files import default_workers
+from .files import default_workers, map_in_processes
 from .patches import TilingError, direct_tiles, open_slide, read_patches
 from .shards import parse_shard, read_slides_list, select_listed, shard_items
 
@@ -477,8 +476,10 @@ def tile_slides(
     if n_workers == 1:
         results = [task(t) for t in tqdm(tasks, **bar)]
     else:
-        with ProcessPoolExecutor(n_workers) as pool:
-            results = list(tqdm(pool.map(task, tasks, chunksize=4), **bar))
+        with tqdm(**bar) as shown:
+            results = map_in_processes(task, tasks, n_workers, advance=shown.update,
+                                       on_crash=lambda path, why: TileResult(path, None, "failed",
+                                                                            message=f"{path}: {why}"))
     return TilingSummary(results)
 
 

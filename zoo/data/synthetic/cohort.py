@@ -61,8 +61,8 @@ def _write_slide(ph: Phenotype, k: int, params: CohortParams, out: Path) -> None
     slide_id = f"{ph.patient_id}-{k}"
     svs_path = out / "wsi_raw" / f"{slide_id}.svs"
     mask_path = out / "wsi_masks" / f"{slide_id}.png"
-    if svs_path.exists() and mask_path.exists():
-        return
+    if svs_path.exists() and mask_path.exists() and mask_path.with_suffix(".json").exists():
+        return  # (a run killed between the mask's .png and .json redoes the slide)
     width, height = slide_dims(ph, k, params)
     rng = np.random.default_rng([params.seed, ph.index, 200 + k])
     layout = make_layout(rng, width, height)
