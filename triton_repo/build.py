@@ -15,9 +15,9 @@ import argparse
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -26,6 +26,7 @@ from triton_repo import config as cfg_mod
 from triton_repo import manifest as mf
 from triton_repo.discovery import manifest_parameters
 from triton_repo.plan import FLAVORS, BuildOptions, model_configs
+from zoo.atomic import make_temp_dir, remove_orphaned_temps, temp_prefix
 from zoo.cli_help import HelpFormatter
 
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("python_model") / "model.py"
@@ -57,16 +58,19 @@ def _write_model(stage: Path, config: cfg_mod.ModelConfig, part: mf.PartSpec | N
         shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / "model.py")
 
 
-def _install(stage: Path, final: Path, overwrite: bool) -> None:
+def _retire(final: Path) -> None:
+    """Take a model directory out of the repository (renamed to a pid-tagged temp first, then deleted)."""
     if final.exists():
-        if not overwrite:
-            raise BuildError(f"{final} already exists; pass --overwrite to replace it")
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        trash = final.with_name(f"{temp_prefix(final.name + '.old')}{secrets.token_hex(4)}")
         os.replace(final, trash)
-        os.replace(stage, final)
         shutil.rmtree(trash)
-    else:
-        os.replace(stage, final)
+
+
+def _install(stage: Path, final: Path, overwrite: bool) -> None:
+    if final.exists() and not overwrite:
+        raise BuildError(f"{final} already exists; pass --overwrite to replace it")
+    _retire(final)
+    os.replace(stage, final)
 
 
 def build_entry(manifest: mf.ExportManifest, output: Path, options: BuildOptions, overwrite: bool) -> list[str]:
@@ -84,17 +88,23 @@ def build_entry(manifest: mf.ExportManifest, output: Path, options: BuildOptions
     parts = {cfg.parameters.get("part"): manifest.part(cfg.parameters["part"]) for cfg in configs if not cfg.steps}
     for part in parts.values():
         mf.verify_part(part)
-    names = []
-    with tempfile.TemporaryDirectory(dir=output, prefix=".staging-") as staging:
+    staging = make_temp_dir(output, "staging")
+    try:
         for config in tqdm(configs, desc=f"models of {manifest.entry}", unit="model", leave=False):
-            stage = Path(staging) / config.name
+            stage = staging / config.name
             part = parts.get(config.parameters.get("part")) if not config.steps else None
             _write_model(stage, config, part, options.flavor)
             if config.name == manifest.entry:
                 (stage / REPO_MANIFEST_NAME).write_text(manifest_text, encoding="utf-8")
-            _install(stage, output / config.name, overwrite)
-            names.append(config.name)
-    return names
+        # Everything is staged before anything is installed. The `<entry>` model (what clients discover and call)
+        # leaves first and comes back last: a build stopped midway leaves the entry unserved, never served by parts
+        # of two exports.
+        _retire(output / manifest.entry)
+        for config in sorted(configs, key=lambda c: c.name == manifest.entry):
+            _install(staging / config.name, output / config.name, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [c.name for c in configs]
 
 
 def build_repository(export_dirs: list[str | Path], output: str | Path = "model_repository",
@@ -102,6 +112,7 @@ def build_repository(export_dirs: list[str | Path], output: str | Path = "model_
     """Build (or extend) a model repository from one or more exports; returns {entry: model names}."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temps(output)  # staging and retired model folders of a build that was killed
     manifests = [mf.load(d) for d in export_dirs]
     entries = [m.entry for m in manifests]
     if len(set(entries)) != len(entries):

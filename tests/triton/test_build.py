@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -13,6 +15,7 @@ from triton_repo import manifest as mf
 from triton_repo.build import build_repository
 from triton_repo.build import main as build_main
 from triton_repo.plan import BuildOptions, model_configs, part_model_name, slide_ensemble_name
+from zoo.atomic import _HOST
 
 
 def _onnx_dims(path, name, kind):
@@ -95,9 +98,16 @@ def test_build_refuses_a_tampered_onnx_file(exports, tmp_path):
 def test_build_cli_needs_overwrite_to_replace(exports, tmp_path, capsys):
     args = ["--export-dir", str(exports[ENTRY]), "--output", str(tmp_path)]
     assert build_main(args) == 0
+    models = sorted(p.name for p in tmp_path.iterdir())
     assert build_main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+    # what a build killed midway leaves (its staging folder, a model folder being retired): the next build removes it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    for leftover in (f".staging.pid{dead}@{_HOST}.ab12", f".{ENTRY}.old.pid{dead}@{_HOST}.cd34"):
+        (tmp_path / leftover / "1").mkdir(parents=True)
     assert build_main(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == models and not any(m.startswith(".") for m in models)
 
 
 def test_mismatched_parts_are_refused_at_build_time(manifest):
