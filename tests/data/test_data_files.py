@@ -81,14 +81,12 @@ def test_staging_dirs_get_the_usual_permissions_and_pid_tagged_names(tmp_path):
 
 def test_orphaned_temps_are_judged_by_pid_on_this_host_and_by_age_from_another(tmp_path):
     import os
-    import subprocess
-    import sys
     import time
 
+    from tests.processes import dead_pid
     from zoo.atomic import _HOST, OTHER_HOST_STALE_S, remove_orphaned_temps, temp_prefix
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = dead_pid()
     other = "elsewhere" if _HOST != "elsewhere" else "elsewhere2"
     files = {
         "mine_live": f"{temp_prefix('a.h5')}x.tmp.h5",

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.processes import dead_pid
 from tests.ray_head import local_ray_head
 from zoo.data.shards import parse_shard, shard_items
 
@@ -126,19 +127,13 @@ def test_two_processes_racing_do_each_slide_once(cohort, tmp_path):
     assert counts(rerun.stdout) == (0, total, 0, 0)
 
 
-def _dead_pid() -> int:
-    child = subprocess.Popen([PY, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
 def test_stale_locks_are_reclaimed_and_live_ones_respected(cohort, tmp_path, capsys):
     from zoo.training.extract import main
 
     slides = all_slides(cohort)
     locks = tmp_path / "out" / "features_cnn_tiny" / ".locks"
     locks.mkdir(parents=True)
-    dead = _dead_pid()
+    dead = dead_pid()
     records = {slides[0]: {"host": socket.gethostname(), "pid": dead, "started": time.time(), "token": "a"},
                slides[1]: {"host": "elsewhere", "pid": 1, "started": time.time() - 7200, "token": "b"},
                slides[2]: {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "token": "c"}}

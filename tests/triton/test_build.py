@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 
+from tests.processes import dead_pid
 from tests.triton.conftest import ENTRY, MAX_PATCH_BATCH
 from triton_repo import config as cfg
 from triton_repo import manifest as mf
@@ -102,8 +101,7 @@ def test_build_cli_needs_overwrite_to_replace(exports, tmp_path, capsys):
     assert build_main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     # what a build killed midway leaves (its staging folder, a model folder being retired): the next build removes it
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    dead = dead_pid()
     for leftover in (f".staging.pid{dead}@{_HOST}.ab12", f".{ENTRY}.old.pid{dead}@{_HOST}.cd34"):
         (tmp_path / leftover / "1").mkdir(parents=True)
     assert build_main(args + ["--overwrite"]) == 0
