@@ -20,7 +20,7 @@ from export.parts import ParitySizes, PatchEncoderPart, parts_for
 from export.quantize import QUANTIZED_PARTS, calibration_patches_from_cohort, quantize_int8
 from export.source import Target, load_source
 from zoo import spec
-from zoo.atomic import make_temp_dir, remove_orphaned_temps
+from zoo.atomic import durable_replace, make_temp_dir, remove_orphaned_temps
 from zoo.hashing import sha256_file
 
 DEFAULT_OPSET = 18
@@ -50,7 +50,7 @@ def commit_directory(staging: Path, target_dir: Path, overwrite: bool) -> None:
         retired = make_temp_dir(target_dir.parent, f"{target_dir.name}.old")
         target_dir.rename(retired / target_dir.name)
     try:
-        staging.rename(target_dir)
+        durable_replace(staging, target_dir)
     except BaseException:
         if retired is not None:
             (retired / target_dir.name).rename(target_dir)

@@ -18,6 +18,7 @@ import numpy as np
 
 from export import names
 from export.formats import ExportError
+from zoo.atomic import durable_replace
 
 QUANTIZED_PARTS = (names.PATCH_ENCODER,)
 DEFAULT_CALIBRATION_PATCHES = 256
@@ -88,5 +89,5 @@ def quantize_int8(path: Path, calibration: np.ndarray, input_name: str) -> dict[
         quantize_static(str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         reduce_range=True)
-        os.replace(quantized, path)
+        durable_replace(quantized, path)
     return {"method": METHOD, "calibration_patches": int(len(calibration))}

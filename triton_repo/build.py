@@ -26,7 +26,7 @@ from triton_repo import config as cfg_mod
 from triton_repo import manifest as mf
 from triton_repo.discovery import manifest_parameters
 from triton_repo.plan import FLAVORS, BuildOptions, model_configs
-from zoo.atomic import make_temp_dir, remove_orphaned_temps, temp_prefix
+from zoo.atomic import durable_replace, make_temp_dir, remove_orphaned_temps, temp_prefix
 from zoo.cli_help import HelpFormatter
 
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("python_model") / "model.py"
@@ -70,7 +70,7 @@ def _install(stage: Path, final: Path, overwrite: bool) -> None:
     if final.exists() and not overwrite:
         raise BuildError(f"{final} already exists; pass --overwrite to replace it")
     _retire(final)
-    os.replace(stage, final)
+    durable_replace(stage, final)
 
 
 def build_entry(manifest: mf.ExportManifest, output: Path, options: BuildOptions, overwrite: bool) -> list[str]:

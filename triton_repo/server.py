@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from zoo.atomic import make_temp_dir
+from zoo.atomic import durable_replace, make_temp_dir
 
 PYTHON_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
 _ERROR_LINE = re.compile(r"^E\d{4} |failed to load|UNAVAILABLE|error:|Invalid argument", re.IGNORECASE)
@@ -78,7 +78,7 @@ def prepare_backend_dir(home: Path | None = None, root: Path | None = None) -> P
     for src in sources:
         shutil.copy2(src, staging / "python" / src.name)
     try:
-        os.replace(staging, target)
+        durable_replace(staging, target)
     except OSError:  # another process finished first: theirs is identical
         shutil.rmtree(staging, ignore_errors=True)
     return target

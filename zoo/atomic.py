@@ -1,6 +1,8 @@
 """Atomic file writes: write a temp file in the destination's directory, then os.replace.
 
 A reader (or a process killed mid-write) sees either the old file or the complete new one, never a partial file.
+The new content is fsynced before the rename and the directory after it (`durable_replace`), so a power loss or a
+node crash right after a write leaves the complete file too, not an empty one under the final name.
 Temp files and dirs are created with the usual permissions (0666 / 0777 & ~umask, as open() and mkdir() give),
 not mkstemp's 0600, so a served output stays readable by a Triton server or a colleague under another uid.
 """
@@ -101,6 +103,38 @@ def make_temp_dir(parent: str | os.PathLike, name: str) -> Path:
     return _new_temp(parent, name, "", directory=True)
 
 
+def fsync_tree(path: str | os.PathLike) -> None:
+    """fsync `path`: a file, or a directory with every file and directory under it (links are not followed)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                if not os.path.islink(os.path.join(root, name)):
+                    _fsync(os.path.join(root, name), directory=False)
+            _fsync(root, directory=True)
+    elif not path.is_symlink():
+        _fsync(path, directory=False)
+
+
+def _fsync(path: str | os.PathLike, directory: bool) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # some filesystems cannot fsync a directory; a file that cannot be synced is an error
+            raise
+    finally:
+        os.close(fd)
+
+
+def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """os.replace(src, dst) with src's content (a file or a whole staged directory) on disk before the rename and
+    the rename itself on disk after it."""
+    fsync_tree(src)
+    os.replace(src, dst)
+    _fsync(Path(dst).parent, directory=True)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path next to `path`; on success it replaces `path`, on error it is removed.
@@ -114,7 +148,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = _new_temp(path.parent, path.name, ending, directory=False)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        durable_replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

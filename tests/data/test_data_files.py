@@ -130,3 +130,57 @@ def test_a_worker_that_dies_fails_its_item_only():
     assert len(ticks) == len(items)
     with pytest.raises(ValueError, match="seven"):  # the function's own errors are not swallowed
         map_in_processes(_square_or_die, [1, 7], 2, on_crash=lambda x, why: None)
+
+
+def _record_syncs_and_replaces(monkeypatch):
+    """Wrap (not replace) os.fsync and os.replace so the test sees which path was synced when."""
+    import os
+
+    from zoo import atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    return events
+
+
+def test_atomic_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    from zoo.atomic import atomic_write_text
+
+    events = _record_syncs_and_replaces(monkeypatch)
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "{}\n")
+    assert target.read_text() == "{}\n"
+    kinds = [e[0] for e in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    temp = events[1][1]
+    assert events[0][1] == temp and events[1][2] == str(target)  # the temp file's content, then the rename
+    assert events[2][1] == str(tmp_path)  # the directory entry
+
+
+def test_a_staged_directory_is_synced_file_by_file_before_it_moves_in(tmp_path, monkeypatch):
+    from zoo.atomic import durable_replace, make_temp_dir
+
+    staging = make_temp_dir(tmp_path, "artifact")
+    (staging / "sub").mkdir()
+    (staging / "model.safetensors").write_bytes(b"w" * 10)
+    (staging / "sub" / "provenance.json").write_text("{}")
+    (staging / "link").symlink_to("/nonexistent")  # a link is moved, not followed
+    events = _record_syncs_and_replaces(monkeypatch)
+    durable_replace(staging, tmp_path / "artifact")
+    at = next(i for i, e in enumerate(events) if e[0] == "replace")
+    synced_before = {e[1] for e in events[:at]}
+    assert {str(staging / "model.safetensors"), str(staging / "sub" / "provenance.json"), str(staging),
+            str(staging / "sub")} <= synced_before
+    assert events[at + 1:] == [("fsync", str(tmp_path))]
+    assert (tmp_path / "artifact" / "sub" / "provenance.json").read_text() == "{}"

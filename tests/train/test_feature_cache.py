@@ -138,3 +138,17 @@ def test_mil_input_standardization_is_fitted_on_the_train_split_only(easy_cohort
                  overrides=[*overrides, "training.feature_standardization=false"], progress=False, log=lambda _m: None)
     off = load_checkpoint(tmp_path / "off" / "best.pt")["state_dict"]
     assert (off["mil.input_mean"] == 0).all() and (off["mil.input_std"] == 1).all()
+
+
+def test_progress_counts_patches_as_well_as_slides(tiling, capsys):
+    from zoo.data.tile import load_coords
+    from zoo.training.feature_cache import encode_slide
+
+    data_dir, tiles, slides, encoder = tiling
+    coords, attrs = load_coords(tiles / f"{slides[0]}.h5")
+    counted = []
+    feats = encode_slide(encoder, coords, attrs, torch.device("cpu"), on_patches=counted.append)
+    assert sum(counted) == len(coords) == len(feats) and len(counted) >= 1
+    ensure_features(data_dir, encoder, tiling_dir=tiles, progress=True)
+    shown = capsys.readouterr().err
+    assert "feature cache" in shown and "slide" in shown and "patches" in shown

@@ -54,7 +54,7 @@ from zoo.locks import (
     remove_empty_locks_dir,
     try_lock,
 )
-from zoo.training.feature_cache import weights_hash
+from zoo.training.feature_cache import patch_bar, weights_hash
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,13 @@ def encode_batch(encoder: nn.Module, patches: np.ndarray, device: torch.device) 
 
 
 def encode_coords(encoder: nn.Module, slide_path: Path, coords: np.ndarray, attrs: dict[str, Any],
-                  batch_size: int, device: torch.device, reader_threads: int | None = None) -> np.ndarray:
-    chunks = [encode_batch(encoder, p, device)
-              for _, p in iter_slide_batches(slide_path, coords, attrs, batch_size, reader_threads)]
+                  batch_size: int, device: torch.device, reader_threads: int | None = None,
+                  on_patches: Callable[[int], Any] | None = None) -> np.ndarray:
+    chunks = []
+    for _, p in iter_slide_batches(slide_path, coords, attrs, batch_size, reader_threads):
+        chunks.append(encode_batch(encoder, p, device))
+        if on_patches is not None:
+            on_patches(len(p))
     return concat_features(chunks, int(getattr(encoder, "out_dim", 0)))
 
 
@@ -248,7 +252,8 @@ def write_slide(prepared: Prepared, features: np.ndarray, settings: ExtractSetti
 
 def run_slide(unit: SlideUnit, encoder: nn.Module, device: torch.device, settings: ExtractSettings,
               owner: dict[str, Any], heartbeat: Heartbeat | None = None,
-              on_reclaim: Callable[[str], None] | None = None) -> tuple[str, str]:
+              on_reclaim: Callable[[str], None] | None = None,
+              on_patches: Callable[[int], Any] | None = None) -> tuple[str, str]:
     """The whole unit in this process: (status, message), status extracted | skipped | busy | failed."""
     status, prepared = prepare_slide(unit, settings, owner, on_reclaim)
     if status != "ready":
@@ -260,7 +265,7 @@ def run_slide(unit: SlideUnit, encoder: nn.Module, device: torch.device, setting
         heartbeat.add(unit.slide_id, SlideLock(lock, owner))
     try:
         features = encode_coords(encoder, prepared.slide_path, prepared.coords, prepared.attrs, settings.batch_size,
-                                 device, settings.reader_threads)
+                                 device, settings.reader_threads, on_patches)
         write_slide(prepared, features, settings)
         return "extracted", ""
     except Exception as exc:  # noqa: BLE001 - one bad slide must not lose the others' work
@@ -336,12 +341,15 @@ def extract_features(encoder: nn.Module, encoder_name: str, slides_dir: str | Pa
         log.warning(line)
         report.reclaimed.append(line)
 
+    patches = patch_bar(progress)
     try:
         for unit in tqdm(units, desc=f"features {encoder_name}", unit="slide", disable=not progress,
                          dynamic_ncols=True):
-            status, message = run_slide(unit, encoder, device, settings, owner, heartbeat, reclaimed)
+            status, message = run_slide(unit, encoder, device, settings, owner, heartbeat, reclaimed,
+                                        patches.update)
             report.add(unit.slide_id, status, message)
     finally:
+        patches.close()
         heartbeat.close()
         remove_empty_locks_dir(settings.directory)
     return report

@@ -115,16 +115,26 @@ def default_reader(slide_path: str, coords: np.ndarray, patch_size: int, level: 
     return iter_patch_batches(slide_path, coords, patch_size, level, batch_size=64, read_size=read_size)
 
 
+def patch_bar(enabled: bool) -> tqdm:
+    """A second bar under a per-slide one, counting patches: one large slide is minutes of work, and patches per
+    second is the encoder's real throughput."""
+    return tqdm(desc="patches", unit="patch", unit_scale=True, position=1, leave=False, disable=not enabled,
+                dynamic_ncols=True)
+
+
 @torch.no_grad()
 def encode_slide(patch_encoder: nn.Module, coords: np.ndarray, tiling_attrs: dict[str, Any],
-                 device: torch.device, reader: PatchReader = default_reader) -> np.ndarray:
+                 device: torch.device, reader: PatchReader = default_reader,
+                 on_patches: Callable[[int], Any] | None = None) -> np.ndarray:
+    """float32 [N, D] features of the slide's patches at `coords`; `on_patches(n)` after every batch of n."""
     read_size = patch_read_size(tiling_attrs)
     resize = {"read_size": read_size} if read_size is not None else {}
-    chunks = [
-        patch_encoder(torch.from_numpy(np.ascontiguousarray(patches)).to(device)).float().cpu().numpy()
-        for _, patches in reader(str(tiling_attrs["slide_path"]), coords, int(tiling_attrs["patch_size"]),
-                                 int(tiling_attrs["level"]), **resize)
-    ]
+    chunks = []
+    for _, patches in reader(str(tiling_attrs["slide_path"]), coords, int(tiling_attrs["patch_size"]),
+                             int(tiling_attrs["level"]), **resize):
+        chunks.append(patch_encoder(torch.from_numpy(np.ascontiguousarray(patches)).to(device)).float().cpu().numpy())
+        if on_patches is not None:
+            on_patches(len(patches))
     out_dim = int(getattr(patch_encoder, "out_dim", 0))
     return np.concatenate(chunks) if chunks else np.zeros((0, out_dim), dtype=np.float32)
 
@@ -174,8 +184,9 @@ def ensure_features(
     report = CacheReport(feature_dir(data_dir, identity))
     remove_orphaned_temps(report.directory)  # temp files of a killed earlier run
     mine = list(slide_ids)[ddp.rank()::ddp.world_size()]
-    bar = tqdm(mine, desc=f"feature cache {identity.key}", disable=not (progress and ddp.is_main_process()),
-               dynamic_ncols=True)
+    shown = progress and ddp.is_main_process()
+    bar = tqdm(mine, desc=f"feature cache {identity.key}", unit="slide", disable=not shown, dynamic_ncols=True)
+    patches_bar = patch_bar(shown)
     for slide_id in bar:
         target = report.directory / f"{slide_id}.h5"
         try:
@@ -187,11 +198,12 @@ def ensure_features(
                 report.reused.append(slide_id)
                 continue
             coords, tiling_attrs = load_coords(tiling_path)
-            features = encode_slide(patch_encoder, coords, tiling_attrs, device, reader)
+            features = encode_slide(patch_encoder, coords, tiling_attrs, device, reader, patches_bar.update)
             write_features(target, features, coords, {**expected, "slide_id": slide_id})
             report.computed.append(slide_id)
         except Exception as exc:  # one bad slide must not lose the others' work
             report.failed[slide_id] = f"{type(exc).__name__}: {exc}"
+    patches_bar.close()
     patch_encoder.train(was_training)
     merged = _merge_reports(report)
     if merged.failed:

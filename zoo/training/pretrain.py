@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo.atomic import atomic_write_json, make_temp_dir, remove_orphaned_temps
+from zoo.atomic import atomic_write_json, durable_replace, make_temp_dir, remove_orphaned_temps
 from zoo.data.patches import iter_patch_batches
 from zoo.data.tile import load_coords, patch_read_size
 from zoo.hashing import sha256_file
@@ -244,7 +244,7 @@ def ensure_pretrained(data_dir: str | os.PathLike, tiling_dir: str | os.PathLike
     }
     atomic_write_json(staging / PROVENANCE_FILE, provenance)
     try:
-        os.replace(staging, directory)
+        durable_replace(staging, directory)
     except OSError:  # another process finished the same artifact first: keep theirs
         shutil.rmtree(staging, ignore_errors=True)
         if read_provenance(directory) is None:
