@@ -54,7 +54,7 @@ from zoo.locks import (
     remove_empty_locks_dir,
     try_lock,
 )
-from zoo.training.feature_cache import patch_bar, weights_hash
+from zoo.training.feature_cache import encode_batches, patch_bar, weights_hash
 
 log = logging.getLogger(__name__)
 
@@ -124,25 +124,11 @@ def iter_slide_batches(slide_path: Path, coords: np.ndarray, attrs: dict[str, An
                               **kwargs)
 
 
-@torch.no_grad()
-def encode_batch(encoder: nn.Module, patches: np.ndarray, device: torch.device) -> np.ndarray:
-    """float32 [b, D] features of uint8 patches [b, 3, H, W]."""
-    return encoder(torch.from_numpy(np.ascontiguousarray(patches)).to(device)).float().cpu().numpy()
-
-
 def encode_coords(encoder: nn.Module, slide_path: Path, coords: np.ndarray, attrs: dict[str, Any],
                   batch_size: int, device: torch.device, reader_threads: int | None = None,
                   on_patches: Callable[[int], Any] | None = None) -> np.ndarray:
-    chunks = []
-    for _, p in iter_slide_batches(slide_path, coords, attrs, batch_size, reader_threads):
-        chunks.append(encode_batch(encoder, p, device))
-        if on_patches is not None:
-            on_patches(len(p))
-    return concat_features(chunks, int(getattr(encoder, "out_dim", 0)))
-
-
-def concat_features(chunks: list[np.ndarray], out_dim: int) -> np.ndarray:
-    return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, out_dim), np.float32)
+    return encode_batches(encoder, iter_slide_batches(slide_path, coords, attrs, batch_size, reader_threads), device,
+                          on_patches)
 
 
 def _finished(target: Path, encoder_name: str, weights_sha: str, coords_sha: str, rows: int) -> bool:

@@ -123,20 +123,35 @@ def patch_bar(enabled: bool) -> tqdm:
 
 
 @torch.no_grad()
+def encode_batch(encoder: nn.Module, patches: np.ndarray, device: torch.device) -> np.ndarray:
+    """float32 [b, D] features of uint8 patches [b, 3, H, W]."""
+    return encoder(torch.from_numpy(np.ascontiguousarray(patches)).to(device)).float().cpu().numpy()
+
+
+def concat_features(chunks: list[np.ndarray], out_dim: int) -> np.ndarray:
+    return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros((0, out_dim), np.float32)
+
+
+def encode_batches(encoder: nn.Module, batches: Iterable[tuple[np.ndarray, np.ndarray]], device: torch.device,
+                   on_patches: Callable[[int], Any] | None = None) -> np.ndarray:
+    """float32 [N, D] features of (coords, uint8 patches) batches, in order; `on_patches(b)` after each batch."""
+    chunks = []
+    for _, patches in batches:
+        chunks.append(encode_batch(encoder, patches, device))
+        if on_patches is not None:
+            on_patches(len(patches))
+    return concat_features(chunks, int(getattr(encoder, "out_dim", 0)))
+
+
 def encode_slide(patch_encoder: nn.Module, coords: np.ndarray, tiling_attrs: dict[str, Any],
                  device: torch.device, reader: PatchReader = default_reader,
                  on_patches: Callable[[int], Any] | None = None) -> np.ndarray:
-    """float32 [N, D] features of the slide's patches at `coords`; `on_patches(n)` after every batch of n."""
+    """float32 [N, D] features of the slide's patches at `coords`, read as its tiling says."""
     read_size = patch_read_size(tiling_attrs)
     resize = {"read_size": read_size} if read_size is not None else {}
-    chunks = []
-    for _, patches in reader(str(tiling_attrs["slide_path"]), coords, int(tiling_attrs["patch_size"]),
-                             int(tiling_attrs["level"]), **resize):
-        chunks.append(patch_encoder(torch.from_numpy(np.ascontiguousarray(patches)).to(device)).float().cpu().numpy())
-        if on_patches is not None:
-            on_patches(len(patches))
-    out_dim = int(getattr(patch_encoder, "out_dim", 0))
-    return np.concatenate(chunks) if chunks else np.zeros((0, out_dim), dtype=np.float32)
+    batches = reader(str(tiling_attrs["slide_path"]), coords, int(tiling_attrs["patch_size"]),
+                     int(tiling_attrs["level"]), **resize)
+    return encode_batches(patch_encoder, batches, device, on_patches)
 
 
 def write_features(path: Path, features: np.ndarray, coords: np.ndarray, attrs: dict[str, Any]) -> None:

@@ -38,14 +38,13 @@ from zoo.training.extract import (
     ExtractSettings,
     Prepared,
     SlideUnit,
-    concat_features,
-    encode_batch,
     iter_slide_batches,
     make_settings,
     plan_units,
     prepare_slide,
     write_slide,
 )
+from zoo.training.feature_cache import concat_features, encode_batch
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 BATCHES_PER_ACTOR_IN_FLIGHT = 4  # object-store budget: patch batches queued per encoder actor
