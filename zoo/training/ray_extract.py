@@ -44,7 +44,7 @@ from zoo.training.extract import (
     prepare_slide,
     write_slide,
 )
-from zoo.training.feature_cache import concat_features, encode_batch
+from zoo.training.feature_cache import concat_features, encode_batch, patch_bar
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 BATCHES_PER_ACTOR_IN_FLIGHT = 4  # object-store budget: patch batches queued per encoder actor
@@ -203,6 +203,7 @@ def _collect(ds, units: list[SlideUnit], settings: ExtractSettings, owner: dict[
     failed: set[str] = set()
     bar = tqdm(total=len(units), desc=f"features {settings.encoder_name} (ray)", unit="slide", disable=not progress,
                dynamic_ncols=True)
+    patches = patch_bar(progress)
     by_id = {u.slide_id: u for u in units}
     try:
         for row in ds.iter_rows():
@@ -228,6 +229,7 @@ def _collect(ds, units: list[SlideUnit], settings: ExtractSettings, owner: dict[
             dim = int(row["dim"])
             chunks[int(row["chunk"])] = np.frombuffer(row["features"], np.float32).reshape(-1, dim) \
                 if row["features"] else np.zeros((0, dim), np.float32)
+            patches.update(len(chunks[int(row["chunk"])]))
             if len(chunks) < int(row["n_chunks"]):
                 continue
             features = concat_features([chunks[i] for i in sorted(chunks)], dim)
@@ -250,6 +252,7 @@ def _collect(ds, units: list[SlideUnit], settings: ExtractSettings, owner: dict[
                     report.failed:
                 report.failed[unit.slide_id] = f"Ray pipeline stopped: {type(exc).__name__}: {str(exc)[:300]}"
     finally:
+        patches.close()
         bar.close()
     for slide_id in pending:  # batches that never all arrived
         report.failed.setdefault(slide_id, "not every patch batch came back from the encoder actors")
