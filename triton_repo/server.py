@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from zoo.atomic import durable_replace, make_temp_dir
+from zoo.atomic import fsync_tree, make_temp_dir
 
 PYTHON_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
 _ERROR_LINE = re.compile(r"^E\d{4} |failed to load|UNAVAILABLE|error:|Invalid argument", re.IGNORECASE)
@@ -77,8 +77,9 @@ def prepare_backend_dir(home: Path | None = None, root: Path | None = None) -> P
     (staging / "python").mkdir()
     for src in sources:
         shutil.copy2(src, staging / "python" / src.name)
+    fsync_tree(staging)  # outside the try: a failed sync is an error, not another process's finished copy
     try:
-        durable_replace(staging, target)
+        os.replace(staging, target)
     except OSError:  # another process finished first: theirs is identical
         shutil.rmtree(staging, ignore_errors=True)
     return target

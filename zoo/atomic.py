@@ -110,29 +110,42 @@ def fsync_tree(path: str | os.PathLike) -> None:
         for root, _dirs, files in os.walk(path):
             for name in files:
                 if not os.path.islink(os.path.join(root, name)):
-                    _fsync(os.path.join(root, name), directory=False)
-            _fsync(root, directory=True)
+                    _fsync_file(os.path.join(root, name))
+            fsync_directory(root)
     elif not path.is_symlink():
-        _fsync(path, directory=False)
+        _fsync_file(path)
 
 
-def _fsync(path: str | os.PathLike, directory: bool) -> None:
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+def _fsync_file(path: str | os.PathLike) -> None:
+    """A file that cannot be synced is an error: its write may not be on disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Best effort: some platforms and filesystems cannot open or fsync a directory, and by then the rename it
+    records has happened; failing the write for it would report a write that landed as lost."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
     try:
         os.fsync(fd)
     except OSError:
-        if not directory:  # some filesystems cannot fsync a directory; a file that cannot be synced is an error
-            raise
+        pass
     finally:
         os.close(fd)
 
 
 def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """os.replace(src, dst) with src's content (a file or a whole staged directory) on disk before the rename and
-    the rename itself on disk after it."""
+    the rename itself on disk after it (best effort)."""
     fsync_tree(src)
     os.replace(src, dst)
-    _fsync(Path(dst).parent, directory=True)
+    fsync_directory(Path(dst).parent)
 
 
 @contextmanager

@@ -184,3 +184,35 @@ def test_a_staged_directory_is_synced_file_by_file_before_it_moves_in(tmp_path, 
             str(staging / "sub")} <= synced_before
     assert events[at + 1:] == [("fsync", str(tmp_path))]
     assert (tmp_path / "artifact" / "sub" / "provenance.json").read_text() == "{}"
+
+
+def test_a_write_that_cannot_be_synced_fails_and_keeps_the_old_file(tmp_path, monkeypatch):
+    from zoo import atomic
+
+    target = tmp_path / "last.pt"
+    target.write_text("old")
+
+    def eio(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(atomic.os, "fsync", eio)
+    with pytest.raises(OSError, match="Input/output"):
+        atomic.atomic_write_text(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_directory_that_cannot_be_synced_does_not_fail_a_write_that_landed(tmp_path, monkeypatch):
+    import os
+
+    from zoo import atomic
+
+    real_open = os.open
+
+    def no_directories(path, flags, *args):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(atomic.os, "open", no_directories)
+    atomic.atomic_write_text(tmp_path / "metrics.json", "{}\n")
+    assert (tmp_path / "metrics.json").read_text() == "{}\n"

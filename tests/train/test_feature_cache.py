@@ -140,15 +140,24 @@ def test_mil_input_standardization_is_fitted_on_the_train_split_only(easy_cohort
     assert (off["mil.input_mean"] == 0).all() and (off["mil.input_std"] == 1).all()
 
 
-def test_progress_counts_patches_as_well_as_slides(tiling, capsys):
+def test_progress_counts_patches_as_well_as_slides(tiling, monkeypatch, capsys):
     from zoo.data.tile import load_coords
-    from zoo.training.feature_cache import encode_slide
+    from zoo.training import feature_cache
 
     data_dir, tiles, slides, encoder = tiling
     coords, attrs = load_coords(tiles / f"{slides[0]}.h5")
     counted = []
-    feats = encode_slide(encoder, coords, attrs, torch.device("cpu"), on_patches=counted.append)
+    feats = feature_cache.encode_slide(encoder, coords, attrs, torch.device("cpu"), on_patches=counted.append)
     assert sum(counted) == len(coords) == len(feats) and len(counted) >= 1
+    bars = []
+
+    def recorded(enabled):
+        bars.append(real_bar(enabled))
+        return bars[-1]
+
+    real_bar = feature_cache.patch_bar
+    monkeypatch.setattr(feature_cache, "patch_bar", recorded)
     ensure_features(data_dir, encoder, tiling_dir=tiles, progress=True)
-    shown = capsys.readouterr().err
-    assert "feature cache" in shown and "slide" in shown and "patches" in shown
+    total = sum(len(load_coords(tiles / f"{s}.h5")[0]) for s in slides)
+    assert len(bars) == 1 and bars[0].n == total  # every patch counted once
+    assert "feature cache" in capsys.readouterr().err

@@ -201,24 +201,23 @@ def ensure_features(
     mine = list(slide_ids)[ddp.rank()::ddp.world_size()]
     shown = progress and ddp.is_main_process()
     bar = tqdm(mine, desc=f"feature cache {identity.key}", unit="slide", disable=not shown, dynamic_ncols=True)
-    patches_bar = patch_bar(shown)
-    for slide_id in bar:
-        target = report.directory / f"{slide_id}.h5"
-        try:
-            tiling_path = tiling_dir / f"{slide_id}.h5"
-            if not tiling_path.is_file():
-                raise FileNotFoundError(f"tiling {tiling_path} is missing; tile the cohort first")
-            expected = expected_attrs(identity, tiling_path)
-            if cache_is_valid(target, expected):
-                report.reused.append(slide_id)
-                continue
-            coords, tiling_attrs = load_coords(tiling_path)
-            features = encode_slide(patch_encoder, coords, tiling_attrs, device, reader, patches_bar.update)
-            write_features(target, features, coords, {**expected, "slide_id": slide_id})
-            report.computed.append(slide_id)
-        except Exception as exc:  # one bad slide must not lose the others' work
-            report.failed[slide_id] = f"{type(exc).__name__}: {exc}"
-    patches_bar.close()
+    with patch_bar(shown) as patches_bar:
+        for slide_id in bar:
+            target = report.directory / f"{slide_id}.h5"
+            try:
+                tiling_path = tiling_dir / f"{slide_id}.h5"
+                if not tiling_path.is_file():
+                    raise FileNotFoundError(f"tiling {tiling_path} is missing; tile the cohort first")
+                expected = expected_attrs(identity, tiling_path)
+                if cache_is_valid(target, expected):
+                    report.reused.append(slide_id)
+                    continue
+                coords, tiling_attrs = load_coords(tiling_path)
+                features = encode_slide(patch_encoder, coords, tiling_attrs, device, reader, patches_bar.update)
+                write_features(target, features, coords, {**expected, "slide_id": slide_id})
+                report.computed.append(slide_id)
+            except Exception as exc:  # one bad slide must not lose the others' work
+                report.failed[slide_id] = f"{type(exc).__name__}: {exc}"
     patch_encoder.train(was_training)
     merged = _merge_reports(report)
     if merged.failed:

@@ -227,9 +227,11 @@ def _collect(ds, units: list[SlideUnit], settings: ExtractSettings, owner: dict[
             if not chunks:
                 heartbeat.add(slide_id, SlideLock(lock_path(settings.directory, slide_id), owner))
             dim = int(row["dim"])
-            chunks[int(row["chunk"])] = np.frombuffer(row["features"], np.float32).reshape(-1, dim) \
+            chunk = np.frombuffer(row["features"], np.float32).reshape(-1, dim) \
                 if row["features"] else np.zeros((0, dim), np.float32)
-            patches.update(len(chunks[int(row["chunk"])]))
+            if int(row["chunk"]) not in chunks:  # a batch delivered twice (a retried actor task) counts once
+                patches.update(len(chunk))
+            chunks[int(row["chunk"])] = chunk
             if len(chunks) < int(row["n_chunks"]):
                 continue
             features = concat_features([chunks[i] for i in sorted(chunks)], dim)
