@@ -187,7 +187,7 @@ def load_model(path: str | os.PathLike, entry: Any = None, version: str | None =
             raise CheckpointError(f"checkpoint {path}: '{key}' is missing or not a dict; "
                                   "it was not written by zoo.train")
     try:
-        model = build_model_from_config(payload["config"]["model"], load_pretrained=False)
+        model = build_model_from_config(_with_legacy_defaults(payload["config"]["model"]), load_pretrained=False)
         model.load_state_dict(payload["state_dict"])
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path}: its weights do not fit the model its config describes "
@@ -197,6 +197,14 @@ def load_model(path: str | os.PathLike, entry: Any = None, version: str | None =
         raise CheckpointError(f"checkpoint {path}: model modalities {model.modalities} differ from entry {name!r}'s "
                               f"{tuple(registered.modalities)}; retrain {name!r}")
     return model, payload
+
+
+def _with_legacy_defaults(model_config: dict[str, Any]) -> dict[str, Any]:
+    """Options added after a checkpoint was written, set to what its model did then: attention fusion summed its
+    weighted tokens before `attention_combine` existed (entry versions up to 1.4)."""
+    fusion = dict(model_config.get("fusion") or {})
+    fusion.setdefault("attention_combine", "sum")
+    return {**model_config, "fusion": fusion}
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -29,6 +29,9 @@ MULTIMODAL_FAMILIES: tuple[str, ...] = (*FUSION_STRATEGIES, spec.LATE_FUSION_TYP
 # 1.3: cpu recipe learning rate 5e-4 -> 2e-3 (the heads were undertrained in 30 epochs);
 # 1.4: cpu recipe MRI GroupNorm + gated network features, unimodal warm start of the fusion entries
 ZOO_VERSION = "1.4"
+# Families whose entries changed since: 1.5 attention fusion concatenates its weighted tokens instead of summing
+# them (zoo.models.fusion.AttentionFusion; before, its fused term averaged the modalities into one token)
+FAMILY_VERSIONS: dict[str, str] = {"attention": "1.5"}
 
 # Recipe keys a family does not use, reset after the recipe (a user's override still wins, and the trainer says it
 # is ignored): a `late` model has no fused term, so no warm start before it, no auxiliary weight beside it and no
@@ -110,7 +113,7 @@ _SHORT = {"pathology": "pathology", "mri": "MRI", "clinical": "clinical"}
 def _declare() -> dict[str, Entry]:
     multimodal = [
         Entry(name=f"{fusion}{suffix}", modalities=modalities, fusion=fusion, family=fusion,
-              description=f"{fusion} fusion of {' + '.join(_SHORT[m] for m in modalities)}")
+              version=FAMILY_VERSIONS.get(fusion, ZOO_VERSION), description=f"{fusion} fusion of {' + '.join(_SHORT[m] for m in modalities)}")
         for fusion in MULTIMODAL_FAMILIES for suffix, modalities in MULTIMODAL_SUBSETS.items()
     ]
     unimodal = [

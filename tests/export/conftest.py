@@ -41,6 +41,9 @@ def write_tiny_checkpoint(name: str, path: Path, seed: int = 0, version: str | N
                 module.running_var.uniform_(0.5, 2.0)
         if getattr(model.fusion_head, "late_residual", False):  # a trained fused term is not the initial zero
             model.fusion_head.head.net[-1].weight.normal_()
+        score = getattr(getattr(model.fusion_head, "fusion", None), "score", None)
+        if score is not None:  # trained attention weights are not the initial near-uniform ones
+            score[-1].weight.normal_()
         if model.mil is not None:  # fitted input standardisation, as a feature-cache run leaves it
             d = model.mil.in_dim
             model.mil.set_input_standardization(torch.rand(d) - 0.5, torch.rand(d) + 0.5)

@@ -93,13 +93,16 @@ class MultiModalModelBuilder:
 
     def set_fusion(self, fusion_type: str = "attention", hidden_dim: int = 512, num_heads: int = 8,
                    dropout: float = 0.1, modality_dropout: float = 0.0, auxiliary_heads: bool = False,
-                   late_residual: bool = False, late_rule: str = "mean") -> "MultiModalModelBuilder":
+                   late_residual: bool = False, late_rule: str = "mean",
+                   attention_combine: str = "concat") -> "MultiModalModelBuilder":
         """`auxiliary_heads`: a linear classifier per modality on its own embedding, trained alongside; only built
         when there are two or more modalities. `late_residual`: the served logits are those classifiers' logits
-        combined by `late_rule` (mean | product) plus the fused term (see zoo.models.fusion.FusionHead)."""
+        combined by `late_rule` (mean | product) plus the fused term (see zoo.models.fusion.FusionHead).
+        `attention_combine` (attention fusion only): concat | sum (zoo.models.fusion.AttentionFusion)."""
         self._fusion = dict(fusion_type=fusion_type, hidden_dim=hidden_dim, num_heads=num_heads, dropout=dropout,
                             modality_dropout=modality_dropout, auxiliary_heads=bool(auxiliary_heads),
-                            late_residual=bool(late_residual), late_rule=str(late_rule))
+                            late_residual=bool(late_residual), late_rule=str(late_rule),
+                            attention_combine=str(attention_combine))
         return self
 
     def set_head(self, head_type: str = "classification", dropout: float = 0.5) -> "MultiModalModelBuilder":

@@ -6,7 +6,8 @@ modalities is masked, and where a strategy needs a value for a missing slot it u
 "missing" token (or zeros for bilinear), so one model serves any subset of its modalities.
 
 fusion_attention by strategy:
-- attention: softmax weights over present modalities (sum to 1);
+- attention: softmax weights over present modalities (sum to 1); they scale each modality's token before the
+  tokens are concatenated (model.fusion.attention_combine "concat", the default) or sum them ("sum", before 1.5);
 - cross_attention: attention each modality receives, averaged over heads and present queries (sums to 1);
 - gated: the sigmoid gates themselves (each in [0,1], 0 when missing; they do not sum to 1; with nothing
   present, the gates of the learned missing tokens);
@@ -82,19 +83,42 @@ class GatedFusion(Fusion):
         return torch.einsum("bm,bmh->bh", gates, tokens), gates
 
 
-class AttentionFusion(Fusion):
-    """Softmax attention over present modalities: a_m = softmax_m(w^T tanh(V z_m))."""
+ATTENTION_COMBINES = ("concat", "sum")
 
-    def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1):
+
+class AttentionFusion(Fusion):
+    """Softmax attention over present modalities: a_m = softmax_m(w^T tanh(V z_m)).
+
+    combine "concat" (entry version 1.5): each present token scaled by (#present * a_m), the tokens concatenated
+    (a missing slot keeps its learned token) and mixed as in concatenate fusion. The score's last layer starts near
+    zero, so the weights start near uniform and the model starts as (nearly) concatenate fusion: attention learns
+    per-patient modality weights on top of it; with uniform weights it is concatenate fusion exactly. combine "sum" (before 1.5): fused = sum_m a_m z_m, which averages the modalities'
+    tokens into one (docs/results/README.md measured it behind concatenate)."""
+
+    def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1, combine: str = "concat"):
         super().__init__(dims, hidden_dim, num_heads, dropout)
+        if combine not in ATTENTION_COMBINES:
+            raise ValueError(f"model.fusion.attention_combine={combine!r}; choose one of {', '.join(ATTENTION_COMBINES)}")
+        self.combine = combine
         self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
         self.score = nn.Sequential(nn.Linear(hidden_dim, hidden_dim // 2 or 1), nn.Tanh(),
                                    nn.Linear(hidden_dim // 2 or 1, 1))
+        if combine == "concat":
+            # near-uniform weights at the start (not exactly: a zero layer would stop the score's first layer
+            # from learning until it moved); AdamW's step size does not depend on the gradient's scale
+            nn.init.normal_(self.score[-1].weight, std=0.01)
+            nn.init.zeros_(self.score[-1].bias)
+            self.mix = nn.Sequential(nn.Linear(len(dims) * hidden_dim, hidden_dim), nn.ReLU(inplace=True))
 
     def forward(self, embeddings, presence):
         tokens = self.tokens(embeddings, presence)
         weights = masked_softmax(self.score(tokens).squeeze(-1), presence, empty_uniform=True)
-        return torch.einsum("bm,bmh->bh", weights, tokens), weights
+        if self.combine == "sum":
+            return torch.einsum("bm,bmh->bh", weights, tokens), weights
+        present = presence.bool()
+        count = present.sum(dim=1, keepdim=True).float()
+        scale = torch.where(present, weights * count, torch.ones_like(weights))
+        return self.mix((tokens * scale.unsqueeze(-1)).flatten(1)), weights
 
 
 class CrossAttentionFusion(Fusion):
@@ -251,7 +275,7 @@ class FusionHead(nn.Module):
     def __init__(self, dims: list[int], num_classes: int, fusion_type: str = "attention", hidden_dim: int = 512,
                  num_heads: int = 8, dropout: float = 0.1, modality_dropout: float = 0.0,
                  head_type: str = "classification", head_dropout: float = 0.5, auxiliary_heads: bool = False,
-                 late_residual: bool = False, late_rule: str = "mean"):
+                 late_residual: bool = False, late_rule: str = "mean", attention_combine: str = "concat"):
         super().__init__()
         if late_residual and not auxiliary_heads:
             raise ValueError("fusion late_residual needs auxiliary_heads: true (the late term is their logits)")
@@ -269,7 +293,8 @@ class FusionHead(nn.Module):
             raise ValueError(f"fusion modality_dropout must be in [0, 1), got {modality_dropout}")
         self.fusion_type = fusion_type
         fusion_class = lookup(FUSIONS, fusion_type, "fusion type")
-        self.fusion = fusion_class(list(dims), int(hidden_dim), int(num_heads), float(dropout))
+        options = {"combine": str(attention_combine)} if fusion_type == "attention" else {}
+        self.fusion = fusion_class(list(dims), int(hidden_dim), int(num_heads), float(dropout), **options)
         self.head = lookup(HEADS, head_type, "head type")(self.fusion.out_dim, int(num_classes), float(head_dropout))
         self.modality_dropout = float(modality_dropout)
         self.unimodal_heads = (nn.ModuleList(nn.Linear(d, int(num_classes)) for d in dims)
