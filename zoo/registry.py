@@ -113,7 +113,8 @@ _SHORT = {"pathology": "pathology", "mri": "MRI", "clinical": "clinical"}
 def _declare() -> dict[str, Entry]:
     multimodal = [
         Entry(name=f"{fusion}{suffix}", modalities=modalities, fusion=fusion, family=fusion,
-              version=FAMILY_VERSIONS.get(fusion, ZOO_VERSION), description=f"{fusion} fusion of {' + '.join(_SHORT[m] for m in modalities)}")
+              version=FAMILY_VERSIONS.get(fusion, ZOO_VERSION),
+              description=f"{fusion} fusion of {' + '.join(_SHORT[m] for m in modalities)}")
         for fusion in MULTIMODAL_FAMILIES for suffix, modalities in MULTIMODAL_SUBSETS.items()
     ]
     unimodal = [

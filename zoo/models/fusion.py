@@ -92,13 +92,15 @@ class AttentionFusion(Fusion):
     combine "concat" (entry version 1.5): each present token scaled by (#present * a_m), the tokens concatenated
     (a missing slot keeps its learned token) and mixed as in concatenate fusion. The score's last layer starts near
     zero, so the weights start near uniform and the model starts as (nearly) concatenate fusion: attention learns
-    per-patient modality weights on top of it; with uniform weights it is concatenate fusion exactly. combine "sum" (before 1.5): fused = sum_m a_m z_m, which averages the modalities'
-    tokens into one (docs/results/README.md measured it behind concatenate)."""
+    per-patient modality weights on top of it; with uniform weights it is concatenate fusion exactly.
+    combine "sum" (before 1.5): fused = sum_m a_m z_m, which averages the modalities' tokens into one
+    (docs/results/README.md measured it behind concatenate)."""
 
     def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1, combine: str = "concat"):
         super().__init__(dims, hidden_dim, num_heads, dropout)
         if combine not in ATTENTION_COMBINES:
-            raise ValueError(f"model.fusion.attention_combine={combine!r}; choose one of {', '.join(ATTENTION_COMBINES)}")
+            raise ValueError(f"model.fusion.attention_combine={combine!r}; "
+                             f"choose one of {', '.join(ATTENTION_COMBINES)}")
         self.combine = combine
         self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
         self.score = nn.Sequential(nn.Linear(hidden_dim, hidden_dim // 2 or 1), nn.Tanh(),
