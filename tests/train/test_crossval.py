@@ -18,7 +18,7 @@ from zoo.analysis.crossval import (
     paired_bootstrap,
 )
 from zoo.analysis.sweep import run_sweep
-from zoo.spec import CLASS_NAMES, VAL_PREDICTIONS_FILE
+from zoo.spec import CLASS_NAMES, METRICS_FILE, VAL_PREDICTIONS_FILE
 from zoo.training.metrics import classification_metrics
 from zoo.training.pipeline import run_training
 from zoo.training.trainer import PREDICTIONS_FILE
@@ -109,7 +109,7 @@ def test_out_of_fold_refuses_overlapping_folds(tmp_path):
         out_of_fold_predictions([tmp_path / "missing"])
 
 
-def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_cohort, tmp_path):
+def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_cohort, tmp_path, capsys):
     entries = ["pathology_only", "clinical_only", "concatenate-path_clin"]
     table = run_sweep(entries, seeds=[0], recipe="tiny", data_dir=easy_cohort, output_root=tmp_path, name="cv",
                       overrides=["training.epochs=1"], folds=3, log=lambda _m: None,
@@ -197,6 +197,14 @@ def test_three_fold_sweep_predicts_every_patient_once_and_checks_the_shape(easy_
     assert not list(merged.rglob("*.pt"))
     assert sweep_main(["--merge", str(tmp_path / "m2"), str(out), str(tmp_path / "archive")]) == 2  # runs twice
     assert sweep_main(["--merge", str(merged), str(out), str(later)]) == 2  # dest already a sweep
+    older = tmp_path / "older"  # `later`'s runs as seed 1 of an older entry version: one entry, two versions
+    shutil.copytree(later, older)
+    (older / "runs" / "clinical_norec_only" / "seed0").rename(older / "runs" / "clinical_norec_only" / "seed1")
+    pd.read_csv(older / "runs.csv").assign(seed=1).to_csv(older / "runs.csv", index=False)
+    for metrics_file in (older / "runs").rglob(METRICS_FILE):
+        metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "version": "0.9"}))
+    assert sweep_main(["--merge", str(tmp_path / "m4"), str(later), str(older)]) == 2
+    assert "clinical_norec_only ran at entry version" in capsys.readouterr().err
     run_sweep(["clinical_only"], seeds=[1], recipe="tiny", data_dir=easy_cohort, output_root=tmp_path,
               name="other_folds", overrides=["training.epochs=1"], folds=2, log=lambda _m: None, train_fn=train)
     assert sweep_main(["--merge", str(tmp_path / "m3"), str(out), str(tmp_path / "sweeps" / "other_folds")]) == 2

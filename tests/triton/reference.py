@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from zoo import spec
-from zoo.checkpoint import load_checkpoint
-from zoo.models import build_model_from_config
+from zoo.checkpoint import load_checkpoint, load_model
 
 
 @dataclass
@@ -22,10 +21,8 @@ class Reference:
 
 class TorchReference:
     def __init__(self, checkpoint: Path):
-        payload = load_checkpoint(checkpoint)
-        self.model = build_model_from_config(payload["config"]["model"])
-        self.model.load_state_dict(payload["state_dict"])
-        self.model.eval()
+        # the checkpoint's own version: the reference is whatever model the served export was made from
+        self.model, _ = load_model(checkpoint, version=str(load_checkpoint(checkpoint).get("version", "")))
 
     @torch.no_grad()
     def run(self, batch: dict[str, Any]) -> Reference:

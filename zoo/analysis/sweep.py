@@ -464,7 +464,8 @@ def merge_sweeps(dest: str | Path, sources: Sequence[str | Path]) -> pd.DataFram
     apart): their runs.csv rows together, each run's results copied without checkpoints (as --archive keeps them),
     then the leaderboard, late-fusion rows and ablation shape drawn over all of them (`report_sweep`). Refused: a
     source that is not a k-fold sweep, an entry x seed x fold found in two sources, a fold whose test patients differ
-    between sources (not the same folds), a `dest` that already holds a sweep."""
+    between sources (not the same folds), an entry whose runs were made at two entry versions (metrics.json), a `dest`
+    that already holds a sweep."""
     dest, sources = Path(dest), [Path(s) for s in sources]
     if (dest / "runs.csv").exists():
         raise FileExistsError(f"{dest} already holds a sweep (runs.csv); merge into a new folder")
@@ -482,8 +483,15 @@ def merge_sweeps(dest: str | Path, sources: Sequence[str | Path]) -> pd.DataFram
         raise ValueError(f"{row['entry']} seed {row['seed']} fold {row['fold']} is in more than one source "
                          f"({', '.join(sorted(set(twice['source'])))}); merge sweeps of different entries or seeds")
     test_patients: dict[int, tuple[frozenset, str]] = {}
+    versions: dict[str, tuple[str, str]] = {}
     for row in merged[merged["status"] == "ok"].itertuples():
         run_dir = run_path(Path(row.source), row.entry, row.seed, row.fold)
+        version = str(json.loads((run_dir / METRICS_FILE).read_text()).get("version", "before 1.3"))
+        first_version = versions.setdefault(row.entry, (version, row.source))
+        if first_version[0] != version:
+            raise ValueError(f"{row.entry} ran at entry version {first_version[0]!r} in {first_version[1]} and at "
+                             f"{version!r} in {row.source}: one entry's rows must come from one version; rerun the "
+                             "older runs at the current version (--resume retrains only those)")
         ids = frozenset(pd.read_csv(run_dir / PREDICTIONS_FILE, usecols=["patient_id"], dtype=str)["patient_id"])
         first = test_patients.setdefault(row.fold, (ids, row.source))
         if first[0] != ids:

@@ -154,7 +154,7 @@ def tiling_info(config: dict[str, Any], slide_id: str, dataset: Any = None,
 
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_mil(args: argparse.Namespace) -> list[Path]:
-    model, payload = load_model(args.checkpoint)
+    model, payload = load_model(args.checkpoint, version=args.version)
     require_modality(model, "pathology", "mil")
     config = view_config(payload, args.data_dir)
     data_dir = Path(config["data"]["data_dir"])
@@ -195,7 +195,7 @@ def cmd_mil(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_fusion(args: argparse.Namespace) -> list[Path]:
-    model, payload = load_model(args.checkpoint)
+    model, payload = load_model(args.checkpoint, version=args.version)
     if len(model.modalities) < 2:
         raise VizError(f"`zoo.viz fusion` needs a multimodal model; this checkpoint has only {model.modalities}")
     config = view_config(payload, args.data_dir)
@@ -227,7 +227,7 @@ def cmd_fusion(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_attention_score(args: argparse.Namespace) -> list[Path]:
-    model, payload = load_model(args.checkpoint)
+    model, payload = load_model(args.checkpoint, version=args.version)
     require_modality(model, "pathology", "attention-score")
     config = view_config(payload, args.data_dir)
     data_dir = Path(config["data"]["data_dir"])
@@ -278,6 +278,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.add_argument("--patient-id", default=None, required=name == "mil")
         p.add_argument("--split", choices=SPLITS, default="test")
         p.add_argument("--top-k", type=int, default=10)
+        p.add_argument("--version", default=None,
+                       help="the checkpoint's entry version when it is not the registry's (e.g. 1.4)")
     return parser.parse_args(argv)
 
 
