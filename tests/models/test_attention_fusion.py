@@ -64,6 +64,13 @@ def test_unknown_combine_is_refused():
         AttentionFusion(DIMS, hidden_dim=8, combine="max")
 
 
+def test_unknown_combine_is_refused_for_any_strategy():
+    from zoo import build_model
+
+    with pytest.raises(ValueError, match="attention_combine='max'"):
+        build_model("concatenate", recipe="tiny", model__fusion__attention_combine="max")
+
+
 def test_checkpoint_from_before_the_option_loads_as_sum(tmp_path):
     """A 1.4 attention checkpoint records no attention_combine: it is rebuilt summing, as it was trained."""
     from tests.export.conftest import write_tiny_checkpoint

@@ -283,6 +283,9 @@ class FusionHead(nn.Module):
             raise ValueError("fusion late_residual needs auxiliary_heads: true (the late term is their logits)")
         if late_rule not in LATE_RULES:
             raise ValueError(f"model.fusion.late_rule={late_rule!r}; choose one of {', '.join(LATE_RULES)}")
+        if attention_combine not in ATTENTION_COMBINES:  # checked for every strategy: a typo is refused anywhere
+            raise ValueError(f"model.fusion.attention_combine={attention_combine!r}; "
+                             f"choose one of {', '.join(ATTENTION_COMBINES)}")
         self.late_rule = late_rule
         if len(dims) == 1:
             fusion_type = "identity"
