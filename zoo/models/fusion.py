@@ -49,6 +49,11 @@ class ProjectedModalities(nn.Module):
         return torch.where(presence.bool().unsqueeze(-1), tokens, missing)
 
 
+def concatenated_mix(num_modalities: int, hidden_dim: int) -> nn.Sequential:
+    """The layer that mixes the concatenated modality tokens [B, M*H] down to [B, H]."""
+    return nn.Sequential(nn.Linear(num_modalities * hidden_dim, hidden_dim), nn.ReLU(inplace=True))
+
+
 class Fusion(nn.Module):
     def __init__(self, dims: list[int], hidden_dim: int, num_heads: int = 8, dropout: float = 0.1):
         super().__init__()
@@ -60,7 +65,7 @@ class ConcatenateFusion(Fusion):
     def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1):
         super().__init__(dims, hidden_dim, num_heads, dropout)
         self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
-        self.mix = nn.Sequential(nn.Linear(len(dims) * hidden_dim, hidden_dim), nn.ReLU(inplace=True))
+        self.mix = concatenated_mix(len(dims), hidden_dim)
 
     def forward(self, embeddings, presence):
         tokens = self.tokens(embeddings, presence)
@@ -86,6 +91,12 @@ class GatedFusion(Fusion):
 ATTENTION_COMBINES = ("concat", "sum")
 
 
+def check_attention_combine(combine: str) -> str:
+    if combine not in ATTENTION_COMBINES:
+        raise ValueError(f"model.fusion.attention_combine={combine!r}; choose one of {', '.join(ATTENTION_COMBINES)}")
+    return combine
+
+
 class AttentionFusion(Fusion):
     """Softmax attention over present modalities: a_m = softmax_m(w^T tanh(V z_m)).
 
@@ -98,10 +109,7 @@ class AttentionFusion(Fusion):
 
     def __init__(self, dims, hidden_dim, num_heads=8, dropout=0.1, combine: str = "concat"):
         super().__init__(dims, hidden_dim, num_heads, dropout)
-        if combine not in ATTENTION_COMBINES:
-            raise ValueError(f"model.fusion.attention_combine={combine!r}; "
-                             f"choose one of {', '.join(ATTENTION_COMBINES)}")
-        self.combine = combine
+        self.combine = check_attention_combine(combine)
         self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
         self.score = nn.Sequential(nn.Linear(hidden_dim, hidden_dim // 2 or 1), nn.Tanh(),
                                    nn.Linear(hidden_dim // 2 or 1, 1))
@@ -110,7 +118,7 @@ class AttentionFusion(Fusion):
             # from learning until it moved); AdamW's step size does not depend on the gradient's scale
             nn.init.normal_(self.score[-1].weight, std=0.01)
             nn.init.zeros_(self.score[-1].bias)
-            self.mix = nn.Sequential(nn.Linear(len(dims) * hidden_dim, hidden_dim), nn.ReLU(inplace=True))
+            self.mix = concatenated_mix(len(dims), hidden_dim)
 
     def forward(self, embeddings, presence):
         tokens = self.tokens(embeddings, presence)
@@ -283,9 +291,7 @@ class FusionHead(nn.Module):
             raise ValueError("fusion late_residual needs auxiliary_heads: true (the late term is their logits)")
         if late_rule not in LATE_RULES:
             raise ValueError(f"model.fusion.late_rule={late_rule!r}; choose one of {', '.join(LATE_RULES)}")
-        if attention_combine not in ATTENTION_COMBINES:  # checked for every strategy: a typo is refused anywhere
-            raise ValueError(f"model.fusion.attention_combine={attention_combine!r}; "
-                             f"choose one of {', '.join(ATTENTION_COMBINES)}")
+        check_attention_combine(attention_combine)  # for every strategy: a typo is refused anywhere
         self.late_rule = late_rule
         if len(dims) == 1:
             fusion_type = "identity"
