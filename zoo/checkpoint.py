@@ -182,7 +182,7 @@ def load_model(path: str | os.PathLike, entry: Any = None, version: str | None =
         where = "asked with --version" if version is not None else "in the registry"
         raise CheckpointError(f"checkpoint {path} is version {have!r} of entry {name!r}, but version {want!r} is "
                               f"{where}; retrain {name!r} (uv run python -m zoo.train {name}) or pass --version {have} "
-                              "(python -m export.onnx, python -m zoo.viz)")
+                              "(python -m export.onnx, python -m zoo.viz, python -m zoo.viewer)")
     for key in ("state_dict", "config"):
         if not isinstance(payload.get(key), dict):
             raise CheckpointError(f"checkpoint {path}: '{key}' is missing or not a dict; "

@@ -69,8 +69,9 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
-def make_checkpoint(entry_name: str, data_dir: Path, out: Path, seed: int = 0) -> Path:
-    """best.pt of an untrained tiny-recipe model of `entry_name` (fixed seed)."""
+def make_checkpoint(entry_name: str, data_dir: Path, out: Path, seed: int = 0, version: str | None = None,
+                    overrides: tuple[str, ...] = ()) -> Path:
+    """best.pt of an untrained tiny-recipe model of `entry_name` (fixed seed), recorded as `version` when given."""
     import torch
 
     from zoo.checkpoint import checkpoint_payload, save_checkpoint
@@ -79,10 +80,11 @@ def make_checkpoint(entry_name: str, data_dir: Path, out: Path, seed: int = 0) -
     from zoo.spec import BEST_CHECKPOINT
 
     entry = get_entry(entry_name)
-    config = entry.config("tiny", [f"data.data_dir={data_dir}"])
+    config = entry.config("tiny", [f"data.data_dir={data_dir}", *overrides])
     torch.manual_seed(seed)
     model = build_model_from_config(config["model"]).eval()
-    return save_checkpoint(out / entry_name / BEST_CHECKPOINT, checkpoint_payload(entry, config, model))
+    return save_checkpoint(out / entry_name / BEST_CHECKPOINT, checkpoint_payload(entry, config, model,
+                                                                                  version=version))
 
 
 @pytest.fixture(scope="session")
@@ -91,13 +93,15 @@ def checkpoints(easy_cohort, tmp_path_factory):  # noqa: F811  (the imported fix
     return {name: make_checkpoint(name, easy_cohort, out) for name in ("attention", "concatenate-mri_clin")}
 
 
-def serve(data_dir: Path, checkpoint: Path, cache_dir: Path | None, warm: bool = False) -> LiveServer:
+def serve(data_dir: Path, checkpoint: Path, cache_dir: Path | None, warm: bool = False,
+          version: str | None = None) -> LiveServer:
     from zoo.viewer.app import create_app
     from zoo.viewer.cohort import Cohort
     from zoo.viewer.inference import CheckpointBackend
 
     cohort = Cohort(data_dir)
-    return LiveServer(create_app(cohort, CheckpointBackend(checkpoint, cohort), cache_dir=cache_dir, warm=warm))
+    backend = CheckpointBackend(checkpoint, cohort, version=version)
+    return LiveServer(create_app(cohort, backend, cache_dir=cache_dir, warm=warm))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.viewer.conftest import LiveServer, free_port, serve
+from tests.viewer.conftest import LiveServer, free_port, make_checkpoint, serve
 
 DZI_NS = "{http://schemas.microsoft.com/deepzoom/2008}"
 
@@ -225,3 +225,25 @@ def test_cli_serves_on_loopback_and_prints_the_url(easy_cohort, checkpoints, tmp
     bad = subprocess.run([sys.executable, "-m", "zoo.viewer", "--data-dir", str(easy_cohort), "--checkpoint",
                           str(tmp_path / "missing.pt")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_checkpoint_of_an_older_version_is_served_with_version(easy_cohort, tmp_path):
+    """A 1.4 attention checkpoint (summed tokens) is refused with the fix named, then served as it was trained."""
+    from zoo.viewer.cli import main
+
+    old = make_checkpoint("attention", easy_cohort, tmp_path, version="1.4",
+                          overrides=("model.fusion.attention_combine=sum",))
+    refused = subprocess.run([sys.executable, "-m", "zoo.viewer", "--data-dir", str(easy_cohort), "--checkpoint",
+                              str(old)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "pass --version 1.4" in refused.stderr and "zoo.viewer" in refused.stderr
+    assert main(["--data-dir", str(easy_cohort), "--triton", "127.0.0.1:1", "--version", "1.4"]) == 2
+    server = serve(easy_cohort, old, None, version="1.4")
+    try:
+        assert server.get("/api/info").json()["version"] == "1.4"
+        assert server.state.backend.model.fusion_head.fusion.combine == "sum"
+        pid, _ = patient_with_slides(server)
+        d = server.get(f"/api/patients/{pid}").json()
+        assert d["prediction"]["status"] == "ok"
+        assert abs(sum(d["prediction"]["probabilities"].values()) - 1) < 1e-5
+    finally:
+        server.stop()

@@ -41,6 +41,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=None, help=f"prediction cache (default: {default_cache_dir()})")
     parser.add_argument("--no-cache", action="store_true", help="keep predictions in memory only")
     parser.add_argument("--device", default="cpu", help="with --checkpoint: torch device")
+    parser.add_argument("--version", default=None,
+                        help="with --checkpoint: its entry version when it is not the registry's (e.g. 1.4)")
     parser.add_argument("--no-warm", action="store_true",
                         help="compute predictions only for the patients opened (the list shows them as pending)")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
@@ -51,7 +53,9 @@ def build_backend(args: argparse.Namespace, cohort):
     if args.checkpoint:
         from zoo.viewer.inference import CheckpointBackend
 
-        return CheckpointBackend(args.checkpoint, cohort, device=args.device)
+        return CheckpointBackend(args.checkpoint, cohort, device=args.device, version=args.version)
+    if args.version is not None:
+        raise ValueError("--version applies to --checkpoint; a served model's version is its manifest's")
     from zoo.viewer.triton_backend import TritonBackend
 
     return TritonBackend(args.triton, args.model, args.repository, cohort)

@@ -72,7 +72,7 @@ class CheckpointBackend:
 
     kind = "checkpoint"
 
-    def __init__(self, checkpoint: str | Path, cohort: Cohort, device: str = "cpu"):
+    def __init__(self, checkpoint: str | Path, cohort: Cohort, device: str = "cpu", version: str | None = None):
         import torch
 
         from zoo.analysis.viz import view_config
@@ -81,7 +81,7 @@ class CheckpointBackend:
 
         self.checkpoint = Path(checkpoint)
         self.cohort, self.device = cohort, torch.device(device)
-        self.model, self.payload = load_model(self.checkpoint)
+        self.model, self.payload = load_model(self.checkpoint, version=version)
         self.model.eval().to(self.device)
         self.key = sha256_file(self.checkpoint)
         self.entry = str(self.payload.get("entry", "?"))
