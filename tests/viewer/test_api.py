@@ -227,7 +227,7 @@ def test_cli_serves_on_loopback_and_prints_the_url(easy_cohort, checkpoints, tmp
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
-def test_checkpoint_of_an_older_version_is_served_with_version(easy_cohort, tmp_path):
+def test_checkpoint_of_an_older_version_is_served_with_version(easy_cohort, tmp_path, capsys):
     """A 1.4 attention checkpoint (summed tokens) is refused with the fix named, then served as it was trained."""
     from zoo.viewer.cli import main
 
@@ -237,6 +237,7 @@ def test_checkpoint_of_an_older_version_is_served_with_version(easy_cohort, tmp_
                               str(old)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "pass --version 1.4" in refused.stderr and "zoo.viewer" in refused.stderr
     assert main(["--data-dir", str(easy_cohort), "--triton", "127.0.0.1:1", "--version", "1.4"]) == 2
+    assert "--version applies to --checkpoint" in capsys.readouterr().err
     server = serve(easy_cohort, old, None, version="1.4")
     try:
         assert server.get("/api/info").json()["version"] == "1.4"
