@@ -1,5 +1,6 @@
 """Attention fusion (entry version 1.5): softmax weights scale each present modality's token, the tokens are
-concatenated and mixed; uniform weights give concatenate fusion; checkpoints from before keep summing."""
+concatenated and mixed; uniform weights give concatenate fusion; `concat_pool` appends the weighted sum to the
+unweighted tokens and starts as concatenate fusion; checkpoints from before keep summing."""
 from __future__ import annotations
 
 import pytest
@@ -50,6 +51,59 @@ def test_weights_scale_each_present_token_before_concatenation():
     assert torch.isfinite(fused[3]).all()  # nothing present: the learned missing tokens, finite
 
 
+def _concatenate_with_the_same_tokens(attention):
+    concatenate = ConcatenateFusion(DIMS, hidden_dim=8, dropout=0.0).eval()
+    state = {k: v for k, v in attention.state_dict().items() if not k.startswith(("score.", "mix."))}
+    width = len(DIMS) * 8
+    state.update({"mix.0.weight": attention.mix[0].weight[:, :width], "mix.0.bias": attention.mix[0].bias})
+    concatenate.load_state_dict(state)
+    return concatenate
+
+
+def test_concat_pool_starts_as_concatenate_fusion_whatever_the_weights():
+    torch.manual_seed(0)
+    attention = AttentionFusion(DIMS, hidden_dim=8, dropout=0.0, combine="concat_pool").eval()
+    with torch.no_grad():
+        attention.score[-1].weight.normal_(std=3.0)  # far from uniform: the pooled slice alone keeps them out
+        fused, weights = attention(_inputs(), PRESENCE)
+        expected, _ = _concatenate_with_the_same_tokens(attention)(_inputs(), PRESENCE)
+    assert not torch.allclose(weights[0], torch.full((3,), 1 / 3), atol=0.05), "the weights are uniform: test is void"
+    torch.testing.assert_close(fused, expected)
+
+
+def test_concat_pool_appends_the_weighted_sum_to_the_unweighted_tokens():
+    attention = _attention("concat_pool")
+    with torch.no_grad():
+        attention.mix[0].weight.normal_()  # as after training: the pooled slice is no longer 0
+        fused, weights = attention(_inputs(), PRESENCE)
+        tokens = attention.tokens(_inputs(), PRESENCE)
+        unweighted, _ = _concatenate_with_the_same_tokens(attention)(_inputs(), PRESENCE)
+    pooled = torch.einsum("bm,bmh->bh", weights, tokens)
+    torch.testing.assert_close(fused, attention.mix(torch.cat([tokens.flatten(1), pooled], dim=1)))
+    assert not torch.allclose(fused, unweighted), "the pooled token changes nothing: test is void"
+    torch.testing.assert_close(weights[2], torch.tensor([0.0, 1.0, 0.0]))  # only the present modality is pooled
+    assert torch.isfinite(fused[3]).all()
+
+
+def test_concat_pool_exports_with_parity(tmp_path):
+    from export.pipeline import export_checkpoint
+    from export.source import Target
+    from tests.export.conftest import TEST_SIZES, write_tiny_checkpoint
+    from tests.export.test_export_entries import LEGACY_ONNX
+    from zoo.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = write_tiny_checkpoint("attention", tmp_path / "outputs" / "attention" / "best.pt", seed=1,
+                                       overrides=("model.fusion.attention_combine=concat_pool",))
+    payload = load_checkpoint(checkpoint)
+    key = "fusion_head.fusion.mix.0.weight"
+    torch.manual_seed(2)  # a trained pooled slice (it starts at 0, which parity could not tell from a missing one)
+    payload["state_dict"][key] = torch.randn_like(payload["state_dict"][key])
+    save_checkpoint(checkpoint, payload)
+    result = export_checkpoint(Target(checkpoint, "attention"), LEGACY_ONNX, tmp_path / "export", sizes=TEST_SIZES,
+                               progress=False)
+    assert result.passed, result.report.to_markdown()
+
+
 def test_sum_combine_is_the_weighted_average_of_tokens():
     attention = _attention("sum")
     assert not hasattr(attention, "mix")
@@ -60,7 +114,7 @@ def test_sum_combine_is_the_weighted_average_of_tokens():
 
 
 def test_unknown_combine_is_refused():
-    with pytest.raises(ValueError, match="attention_combine='max'.*concat, sum"):
+    with pytest.raises(ValueError, match="attention_combine='max'.*concat, concat_pool, sum"):
         AttentionFusion(DIMS, hidden_dim=8, combine="max")
 
 

@@ -98,7 +98,7 @@ class MultiModalModelBuilder:
         """`auxiliary_heads`: a linear classifier per modality on its own embedding, trained alongside; only built
         when there are two or more modalities. `late_residual`: the served logits are those classifiers' logits
         combined by `late_rule` (mean | product) plus the fused term (see zoo.models.fusion.FusionHead).
-        `attention_combine` (attention fusion only): concat | sum (zoo.models.fusion.AttentionFusion)."""
+        `attention_combine` (attention fusion only): concat | concat_pool | sum (zoo.models.fusion.AttentionFusion)."""
         self._fusion = dict(fusion_type=fusion_type, hidden_dim=hidden_dim, num_heads=num_heads, dropout=dropout,
                             modality_dropout=modality_dropout, auxiliary_heads=bool(auxiliary_heads),
                             late_residual=bool(late_residual), late_rule=str(late_rule),

@@ -7,7 +7,8 @@ modalities is masked, and where a strategy needs a value for a missing slot it u
 
 fusion_attention by strategy:
 - attention: softmax weights over present modalities (sum to 1); they scale each modality's token before the
-  tokens are concatenated (model.fusion.attention_combine "concat", the default) or sum them ("sum", before 1.5);
+  tokens are concatenated (model.fusion.attention_combine "concat", the default), pool the tokens into one that is
+  appended to the unweighted concatenation ("concat_pool") or sum them ("sum", before 1.5);
 - cross_attention: attention each modality receives, averaged over heads and present queries (sums to 1);
 - gated: the sigmoid gates themselves (each in [0,1], 0 when missing; they do not sum to 1; with nothing
   present, the gates of the learned missing tokens);
@@ -88,7 +89,7 @@ class GatedFusion(Fusion):
         return torch.einsum("bm,bmh->bh", gates, tokens), gates
 
 
-ATTENTION_COMBINES = ("concat", "sum")
+ATTENTION_COMBINES = ("concat", "concat_pool", "sum")
 
 
 def check_attention_combine(combine: str) -> str:
@@ -104,6 +105,11 @@ class AttentionFusion(Fusion):
     (a missing slot keeps its learned token) and mixed as in concatenate fusion. The score's last layer starts near
     zero, so the weights start near uniform and the model starts as (nearly) concatenate fusion: attention learns
     per-patient modality weights on top of it; with uniform weights it is concatenate fusion exactly.
+    combine "concat_pool": the tokens concatenated unweighted, with their weighted sum sum_m a_m z_m appended, and
+    mixed; the pooled token's slice of the mixing layer starts at 0, so the model starts as concatenate fusion
+    exactly, and the weights can add a per-patient summary but never scale a modality's own token down (with
+    "concat", the weights learned on the 500-patient cohort moved from fold to fold and shrank pathology's token:
+    docs/results/README.md).
     combine "sum" (before 1.5): fused = sum_m a_m z_m, which averages the modalities' tokens into one
     (docs/results/README.md measured it behind concatenate)."""
 
@@ -113,18 +119,24 @@ class AttentionFusion(Fusion):
         self.tokens = ProjectedModalities(dims, hidden_dim, dropout)
         self.score = nn.Sequential(nn.Linear(hidden_dim, hidden_dim // 2 or 1), nn.Tanh(),
                                    nn.Linear(hidden_dim // 2 or 1, 1))
-        if combine == "concat":
+        if combine != "sum":
             # near-uniform weights at the start (not exactly: a zero layer would stop the score's first layer
             # from learning until it moved); AdamW's step size does not depend on the gradient's scale
             nn.init.normal_(self.score[-1].weight, std=0.01)
             nn.init.zeros_(self.score[-1].bias)
-            self.mix = concatenated_mix(len(dims), hidden_dim)
+            pooled = int(combine == "concat_pool")
+            self.mix = concatenated_mix(len(dims) + pooled, hidden_dim)
+            if pooled:
+                nn.init.zeros_(self.mix[0].weight[:, len(dims) * hidden_dim:])
 
     def forward(self, embeddings, presence):
         tokens = self.tokens(embeddings, presence)
         weights = masked_softmax(self.score(tokens).squeeze(-1), presence, empty_uniform=True)
         if self.combine == "sum":
             return torch.einsum("bm,bmh->bh", weights, tokens), weights
+        if self.combine == "concat_pool":
+            pooled = torch.einsum("bm,bmh->bh", weights, tokens)
+            return self.mix(torch.cat([tokens.flatten(1), pooled], dim=1)), weights
         present = presence.bool()
         count = present.sum(dim=1, keepdim=True).float()
         scale = torch.where(present, weights * count, torch.ones_like(weights))
