@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.analysis.viz import collate_one, make_dataset, view_config
-from zoo.checkpoint import load_model
-from zoo.spec import AUX_FUSION_ATTENTION, BEST_CHECKPOINT, KEY_LABEL
-from zoo.training.trainer import model_inputs
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from zoo.analysis.viz import collate_one, make_dataset, view_config  # noqa: E402
+from zoo.checkpoint import load_model  # noqa: E402
+from zoo.spec import AUX_FUSION_ATTENTION, BEST_CHECKPOINT, KEY_LABEL  # noqa: E402
+from zoo.training.trainer import model_inputs  # noqa: E402
 
 
 @torch.no_grad()
