@@ -25,15 +25,21 @@ def _attention(combine="concat"):
     return fusion
 
 
+def _concatenate_with_the_same_tokens(attention):
+    concatenate = ConcatenateFusion(DIMS, hidden_dim=8, dropout=0.0).eval()
+    state = {k: v for k, v in attention.state_dict().items() if not k.startswith(("score.", "mix."))}
+    width = len(DIMS) * 8
+    state.update({"mix.0.weight": attention.mix[0].weight[:, :width], "mix.0.bias": attention.mix[0].bias})
+    concatenate.load_state_dict(state)
+    return concatenate
+
+
 def test_uniform_weights_are_concatenate_fusion():
     attention = _attention()
     with torch.no_grad():
         attention.score[-1].weight.zero_()
-    concatenate = ConcatenateFusion(DIMS, hidden_dim=8, dropout=0.0).eval()
-    concatenate.load_state_dict({k: v for k, v in attention.state_dict().items() if not k.startswith("score.")})
-    with torch.no_grad():
         fused, weights = attention(_inputs(), PRESENCE)
-        expected, uniform = concatenate(_inputs(), PRESENCE)
+        expected, uniform = _concatenate_with_the_same_tokens(attention)(_inputs(), PRESENCE)
     torch.testing.assert_close(fused, expected)
     torch.testing.assert_close(weights[:3], uniform[:3])
 
@@ -49,15 +55,6 @@ def test_weights_scale_each_present_token_before_concatenation():
     expected = attention.mix((tokens * scale.unsqueeze(-1)).flatten(1))
     torch.testing.assert_close(fused, expected)
     assert torch.isfinite(fused[3]).all()  # nothing present: the learned missing tokens, finite
-
-
-def _concatenate_with_the_same_tokens(attention):
-    concatenate = ConcatenateFusion(DIMS, hidden_dim=8, dropout=0.0).eval()
-    state = {k: v for k, v in attention.state_dict().items() if not k.startswith(("score.", "mix."))}
-    width = len(DIMS) * 8
-    state.update({"mix.0.weight": attention.mix[0].weight[:, :width], "mix.0.bias": attention.mix[0].bias})
-    concatenate.load_state_dict(state)
-    return concatenate
 
 
 def test_concat_pool_starts_as_concatenate_fusion_whatever_the_weights():

@@ -50,11 +50,14 @@ class VizError(ValueError):
     """Bad viz input (checkpoint, patient, modality); the message says what to do."""
 
 
-def view_config(payload: dict[str, Any], data_dir: str | Path | None) -> dict[str, Any]:
+def view_config(payload: dict[str, Any], data_dir: str | Path | None, all_patches: bool = True) -> dict[str, Any]:
+    """The checkpoint's config on `data_dir`; every tiled patch of a patient when `all_patches`, else the bag size
+    the model was trained with (fusion weights are read as the model saw its patients)."""
     config = copy.deepcopy(payload["config"])
     if data_dir is not None:
         config["data"]["data_dir"] = str(data_dir)
-    config["data"]["modalities"]["pathology"]["max_patches"] = ALL_PATCHES
+    if all_patches:
+        config["data"]["modalities"]["pathology"]["max_patches"] = ALL_PATCHES
     return config
 
 
@@ -198,9 +201,7 @@ def cmd_fusion(args: argparse.Namespace) -> list[Path]:
     model, payload = load_model(args.checkpoint, version=args.version)
     if len(model.modalities) < 2:
         raise VizError(f"`zoo.viz fusion` needs a multimodal model; this checkpoint has only {model.modalities}")
-    config = view_config(payload, args.data_dir)
-    trained_pathology = payload["config"]["data"]["modalities"]["pathology"]
-    config["data"]["modalities"]["pathology"]["max_patches"] = int(trained_pathology["max_patches"])
+    config = view_config(payload, args.data_dir, all_patches=False)
     data_dir = Path(config["data"]["data_dir"])
     split = split_of(data_dir, args.patient_id) if args.patient_id else args.split
     dataset = make_dataset(config, split, model)

@@ -132,10 +132,10 @@ class AttentionFusion(Fusion):
     def forward(self, embeddings, presence):
         tokens = self.tokens(embeddings, presence)
         weights = masked_softmax(self.score(tokens).squeeze(-1), presence, empty_uniform=True)
-        if self.combine == "sum":
-            return torch.einsum("bm,bmh->bh", weights, tokens), weights
-        if self.combine == "concat_pool":
+        if self.combine != "concat":
             pooled = torch.einsum("bm,bmh->bh", weights, tokens)
+            if self.combine == "sum":
+                return pooled, weights
             return self.mix(torch.cat([tokens.flatten(1), pooled], dim=1)), weights
         present = presence.bool()
         count = present.sum(dim=1, keepdim=True).float()

@@ -24,9 +24,7 @@ from zoo.training.trainer import model_inputs  # noqa: E402
 @torch.no_grad()
 def read_fold(checkpoint: Path) -> dict:
     model, payload = load_model(checkpoint)
-    config = view_config(payload, None)
-    config["data"]["modalities"]["pathology"]["max_patches"] = int(
-        payload["config"]["data"]["modalities"]["pathology"]["max_patches"])
+    config = view_config(payload, None, all_patches=False)
     dataset = make_dataset(config, "test", model)  # a fold's test split = its held-out patients
     head = model.fusion_head
     fused_out: list[torch.Tensor] = []
